@@ -1,0 +1,3 @@
+from qpass.calibrate.calibrate import CalibrationDataError, calibrate
+
+__all__ = ["CalibrationDataError", "calibrate"]

@@ -1,0 +1,160 @@
+"""Phase 3: materialize the reference quantized graph.
+
+Each quantized site ``linear(x, W, b)`` becomes::
+
+    x' = dequantize(quantize(x, s_x, z_x))            static activations (per tensor), or
+    s_x, z_x = choose_qparams_per_token(x); x' = dequantize(quantize(x, s_x, z_x))   dynamic
+    W' = dequantize(W_q, s_w, z_w, axis)              W_q: [K, N] int8 buffer
+    y  = matmul(x', W') (+ b)
+
+with qpass's custom Q/DQ ops (ONNX semantics). Float weights that no op reads any more are
+dropped, observers are removed. The result runs on CPU and is the numerical ground truth.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import operator
+
+import torch
+import torch.fx as fx
+
+from qpass import ops
+from qpass.capture.fqn import describe
+from qpass.config import LayerPrecision, QuantSpec
+from qpass.convert.weights import quantize_weight
+from qpass.observe.module import ObserverModule
+from qpass.quantizable import WEIGHTED_OPS, canonical_weight, fetch_attr
+from qpass.state import get_state
+
+log = logging.getLogger(__name__)
+aten = torch.ops.aten
+
+
+class _Builder:
+    """Adds buffers and Q/DQ nodes to one GraphModule."""
+
+    def __init__(self, gm: fx.GraphModule) -> None:
+        self.gm = gm
+        self.act_cache: dict[str, fx.Node] = {}
+
+    def buffer(self, name: str, t: torch.Tensor) -> fx.Node:
+        base = name if name.startswith("qpass_") else "qpass_" + name
+        base = base.replace(".", "_")
+        name, i = base, 1
+        while hasattr(self.gm, name):
+            name, i = f"{base}_{i}", i + 1
+        self.gm.register_buffer(name, t)
+        return self.gm.graph.get_attr(name)
+
+    def call(self, target: object, args: tuple, meta_from: fx.Node) -> fx.Node:
+        node = self.gm.graph.call_function(target, args)
+        if "nn_module_stack" in meta_from.meta:
+            node.meta["nn_module_stack"] = meta_from.meta["nn_module_stack"]
+        return node
+
+    def static_activation(self, x: fx.Node, spec: QuantSpec, site: fx.Node) -> fx.Node:
+        """x is an observer node: one Q/DQ pair per observer, shared by its consumers."""
+        key = str(x.target)
+        if key not in self.act_cache:
+            observer = self.gm.get_submodule(key).observer
+            scale, zp = observer.qparams(spec)
+            with self.gm.graph.inserting_after(x):
+                s = self.buffer(f"{key}_scale", scale)
+            with self.gm.graph.inserting_after(s):
+                z = self.buffer(f"{key}_zero_point", zp)
+            with self.gm.graph.inserting_after(z):
+                q = self.call(ops.QUANTIZE, (x, s, z, -1, spec.format), site)
+            with self.gm.graph.inserting_after(q):
+                self.act_cache[key] = self.call(ops.DEQUANTIZE, (q, s, z, -1, spec.format), site)
+        return self.act_cache[key]
+
+    def dynamic_activation(self, x: fx.Node, spec: QuantSpec, site: fx.Node) -> fx.Node:
+        qp = self.call(ops.CHOOSE_QPARAMS_PER_TOKEN, (x, spec.format, spec.symmetric), site)
+        s = self.call(operator.getitem, (qp, 0), site)
+        z = self.call(operator.getitem, (qp, 1), site)
+        q = self.call(ops.QUANTIZE, (x, s, z, -1, spec.format), site)
+        return self.call(ops.DEQUANTIZE, (q, s, z, -1, spec.format), site)
+
+
+def _rewrite_site(b: _Builder, node: fx.Node, prec: LayerPrecision, fqn: str) -> str:
+    """Replace one site; returns the target of the float weight it no longer reads."""
+    op = WEIGHTED_OPS[node.target]
+    w_node = node.args[op.weight_arg]
+    weight = canonical_weight(fetch_attr(b.gm, str(w_node.target)), op)
+    assert prec.weight is not None
+    try:
+        qw = quantize_weight(weight, prec.weight)
+    except ValueError as exc:
+        raise ValueError(f"cannot quantize the weight of {describe(node)}: {exc}") from exc
+    graph = b.gm.graph
+    with graph.inserting_before(node):
+        x = node.args[op.activation_arg]
+        if prec.activation is not None and prec.activation.dynamic:
+            x = b.dynamic_activation(x, prec.activation, node)
+        elif prec.activation is not None:
+            x = b.static_activation(x, prec.activation, node)
+        wq = b.buffer(f"{fqn or node.name}.weight_q", qw.q)
+        ws = b.buffer(f"{fqn or node.name}.weight_scale", qw.scale)
+        wz = b.buffer(f"{fqn or node.name}.weight_zero_point", qw.zero_point)
+        w = b.call(ops.DEQUANTIZE, (wq, ws, wz, qw.axis, qw.format), node)  # [K, N]
+        args = list(node.args)
+        args[op.activation_arg] = x
+        if node.target is aten.linear.default:
+            y = b.call(aten.matmul.default, (x, w), node)
+            if len(args) > 2 and args[2] is not None:
+                y = b.call(aten.add.Tensor, (y, args[2]), node)
+        else:
+            args[op.weight_arg] = w
+            y = b.call(node.target, tuple(args), node)
+    y.meta.update({k: v for k, v in node.meta.items() if k not in y.meta})
+    node.replace_all_uses_with(y)
+    graph.erase_node(node)
+    return str(w_node.target)
+
+
+def _drop_observers_and_dead_weights(gm: fx.GraphModule, replaced: set[str]) -> None:
+    """Remove observers, and the float weights in ``replaced`` that nothing reads any more."""
+    for node in list(gm.graph.nodes):
+        if node.op == "call_module" and isinstance(gm.get_submodule(node.target), ObserverModule):
+            node.replace_all_uses_with(node.args[0])
+            gm.graph.erase_node(node)
+            gm.delete_submodule(node.target)
+    gm.graph.eliminate_dead_code()
+    used = {n.target for n in gm.graph.nodes if n.op == "get_attr"}
+    called = {n.target for n in gm.graph.nodes if n.op == "call_module"}
+    for name in replaced - used:
+        owner, _, attr = name.rpartition(".")
+        if any(owner == c or owner.startswith(f"{c}.") for c in called):
+            continue  # a module the graph still calls reads it internally
+        delattr(gm.get_submodule(owner), attr)
+
+
+def convert(prepared: fx.GraphModule) -> fx.GraphModule:
+    """The reference quantized GraphModule. ``prepared`` is left as it was."""
+    state = get_state(prepared, "convert")
+    if state.phase == "converted":
+        raise ValueError("this GraphModule is already converted; convert a prepared one")
+    needs_calibration = any(p.activation is not None and not p.activation.dynamic
+                            for p in state.precisions.values())
+    if needs_calibration and state.calibrated_batches == 0:
+        raise ValueError("the recipe quantizes activations statically, but the model was not "
+                         "calibrated: call qpass.calibrate(prepared, batches) before convert")
+    gm = copy.deepcopy(prepared)
+    state = copy.copy(get_state(gm, "convert"))
+    builder = _Builder(gm)
+    nodes = {n.name: n for n in gm.graph.nodes}
+    replaced = set()
+    with torch.no_grad():
+        for name, prec in state.precisions.items():
+            if not prec.is_float:
+                replaced.add(_rewrite_site(builder, nodes[name], prec, state.fqns[name]))
+    _drop_observers_and_dead_weights(gm, replaced)
+    state.phase = "converted"
+    gm.meta["qpass"] = state
+    gm.graph.lint()
+    gm.recompile()
+    log.info("qpass.convert: %d sites quantized", sum(not p.is_float
+                                                      for p in state.precisions.values()))
+    return gm

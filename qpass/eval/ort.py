@@ -1,0 +1,32 @@
+"""One place that opens ONNX Runtime CPU sessions, so every caller gets the same settings."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import onnxruntime as ort
+
+log = logging.getLogger(__name__)
+
+
+def ort_session(path: str | Path, threads: int = 2) -> ort.InferenceSession:
+    """An ONNX Runtime CPU session for ``path`` using ``threads`` intra-op threads.
+
+    Graph optimizations are all on (``ORT_ENABLE_ALL``), inter-op parallelism is off
+    (one thread), so timings taken with it are comparable run to run.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"ONNX model {str(path)!r} does not exist or is not a file; "
+            "pass the path of an exported .onnx file"
+        )
+    if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
+        raise ValueError(f"threads must be an int >= 1, got {threads!r}")
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    log.debug("opening ONNX Runtime session for %s with %d threads", path, threads)
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])

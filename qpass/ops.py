@@ -1,0 +1,68 @@
+"""qpass's quantize / dequantize as torch custom ops (namespace ``qpass``).
+
+They keep explicit Q/DQ nodes in a converted GraphModule, survive ``torch.export``, map one
+to one onto ONNX QuantizeLinear / DequantizeLinear at export, and call ``qpass.numerics``
+for every number they produce.
+
+Scale layout, shared by all three ops:
+- ``scale.dim() == 0``: per tensor;
+- ``scale.dim() == 1`` with ``axis``: one scale per index of ``axis`` (per channel);
+- ``scale.dim() == x.dim()``: per block (ONNX blocked quantization; per group [K/g, N] for
+  a [K, N] weight), or per token ([..., 1], broadcast).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from qpass import numerics
+
+
+def _shape(t: Tensor, x: Tensor, axis: int) -> Tensor:
+    if t.dim() == 1 and x.dim() > 1:
+        return numerics.broadcast_qparams(t, x.dim(), axis)
+    if t.dim() == x.dim() and t.dim() > 0:
+        return numerics.expand_blocks(t, x.shape)
+    return t
+
+
+@torch.library.custom_op("qpass::quantize", mutates_args=())
+def quantize(x: Tensor, scale: Tensor, zero_point: Tensor, axis: int, format: str) -> Tensor:
+    fmt = numerics.get_format(format)
+    return numerics.quantize(x, _shape(scale, x, axis), _shape(zero_point, x, axis), fmt)
+
+
+@quantize.register_fake
+def _(x: Tensor, scale: Tensor, zero_point: Tensor, axis: int, format: str) -> Tensor:
+    return torch.empty_like(x, dtype=numerics.get_format(format).storage)
+
+
+@torch.library.custom_op("qpass::dequantize", mutates_args=())
+def dequantize(q: Tensor, scale: Tensor, zero_point: Tensor, axis: int, format: str) -> Tensor:
+    return numerics.dequantize(q, _shape(scale, q, axis), _shape(zero_point, q, axis))
+
+
+@dequantize.register_fake
+def _(q: Tensor, scale: Tensor, zero_point: Tensor, axis: int, format: str) -> Tensor:
+    return torch.empty_like(q, dtype=torch.float32)
+
+
+@torch.library.custom_op("qpass::choose_qparams_per_token", mutates_args=())
+def choose_qparams_per_token(x: Tensor, format: str, symmetric: bool) -> tuple[Tensor, Tensor]:
+    fmt = numerics.get_format(format)
+    scale, zero_point = numerics.dynamic_qparams_per_token(x.float(), fmt, symmetric)
+    return scale, zero_point
+
+
+@choose_qparams_per_token.register_fake
+def _(x: Tensor, format: str, symmetric: bool) -> tuple[Tensor, Tensor]:
+    fmt = numerics.get_format(format)
+    shape = (*x.shape[:-1], 1)
+    zp_dtype = torch.float32 if fmt.is_float else fmt.storage
+    return x.new_empty(shape, dtype=torch.float32), x.new_empty(shape, dtype=zp_dtype)
+
+
+QUANTIZE = torch.ops.qpass.quantize.default
+DEQUANTIZE = torch.ops.qpass.dequantize.default
+CHOOSE_QPARAMS_PER_TOKEN = torch.ops.qpass.choose_qparams_per_token.default

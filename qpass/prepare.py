@@ -1,0 +1,92 @@
+"""Phase 1: insert observer nodes where the recipe quantizes activations statically."""
+
+from __future__ import annotations
+
+import copy
+import logging
+from typing import Any
+
+import torch
+import torch.fx as fx
+
+from qpass.capture import as_tuple, capture
+from qpass.config import QuantSpec, Recipe
+from qpass.observe import make_observer
+from qpass.observe.module import ObserverModule
+from qpass.policy import assign_precisions, recipe_policies
+from qpass.quantizable import Site, find_sites
+from qpass.recipes import resolve_recipe
+from qpass.state import META_KEY, InputSig, QpassState
+
+log = logging.getLogger(__name__)
+
+
+def _input_sigs(gm: fx.GraphModule, args: tuple[Any, ...] | None) -> tuple[InputSig, ...] | None:
+    placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
+    sigs = []
+    for i, node in enumerate(placeholders):
+        val = node.meta.get("val")
+        if isinstance(val, torch.Tensor):
+            shape = tuple(d if isinstance(d, int) else None for d in val.shape)
+            sigs.append(InputSig(shape, val.dtype))
+        elif args is not None and i < len(args) and isinstance(args[i], torch.Tensor):
+            sigs.append(InputSig((None,) * args[i].dim(), args[i].dtype))
+        else:
+            return None
+    return tuple(sigs)
+
+
+def _insert_observers(gm: fx.GraphModule, sites: list[Site], state: QpassState) -> None:
+    shared: dict[tuple[str, QuantSpec], fx.Node] = {}
+    consumers: dict[tuple[str, QuantSpec], list[str]] = {}
+    for site in sites:
+        spec = state.precisions[site.node.name].activation
+        if spec is None or spec.dynamic:
+            continue
+        x = site.activation_node
+        key = (x.name, spec)
+        consumers.setdefault(key, []).append(site.fqn or site.node.name)
+        if key not in shared:
+            name = f"qpass_observer_{len(shared)}"
+            gm.add_submodule(name, ObserverModule(make_observer(spec), (), x.name))
+            with gm.graph.inserting_after(x):
+                shared[key] = gm.graph.call_module(name, (x,))
+            state.observers[name] = x.name
+        site.node.update_arg(site.op.activation_arg, shared[key])
+    for key, node in shared.items():
+        gm.get_submodule(str(node.target)).consumers = tuple(consumers[key])
+
+
+def prepare(
+    model_or_gm: torch.nn.Module,
+    recipe: str | Recipe | dict,
+    example_inputs: Any = None,
+    *,
+    dynamic_shapes: Any = None,
+) -> fx.GraphModule:
+    """Capture (if needed), assign precisions and insert observers. The input is not modified."""
+    recipe = resolve_recipe(recipe)
+    args = as_tuple(example_inputs) if example_inputs is not None else None
+    if isinstance(model_or_gm, fx.GraphModule):
+        gm = copy.deepcopy(model_or_gm)
+    elif args is None:
+        raise ValueError("qpass.prepare needs example_inputs to capture an nn.Module")
+    else:
+        gm = capture(model_or_gm, args, dynamic_shapes=dynamic_shapes)
+    sites = find_sites(gm)
+    if not sites:
+        log.warning("qpass.prepare found no linear/matmul op with a constant weight to quantize")
+    state = QpassState(
+        recipe=recipe,
+        precisions=assign_precisions(sites, recipe_policies(recipe)),
+        fqns={s.node.name: s.fqn for s in sites},
+        inputs=_input_sigs(gm, args),
+    )
+    _insert_observers(gm, sites, state)
+    gm.meta[META_KEY] = state
+    gm.graph.lint()
+    gm.recompile()
+    quantized = sum(not p.is_float for p in state.precisions.values())
+    log.info("qpass.prepare: %d of %d sites quantized, %d observers", quantized, len(sites),
+             len(state.observers))
+    return gm

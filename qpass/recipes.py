@@ -1,0 +1,46 @@
+"""Built-in recipes, registered by name. ``resolve_recipe`` accepts a name, a dict or a Recipe."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from qpass.config import LayerPrecision, PerChannel, PerTensor, PerToken, QuantSpec, Recipe
+from qpass.registry import Registry
+
+RECIPES: Registry[Recipe] = Registry("recipe", "qpass.recipes")
+
+# int8, symmetric, one scale per output channel of a linear weight [out, in].
+INT8_WEIGHT = QuantSpec("int8", symmetric=True, granularity=PerChannel(0))
+
+RECIPES.add("w8a16", Recipe(
+    "w8a16", LayerPrecision(weight=INT8_WEIGHT, reason="recipe w8a16"),
+    description="int8 weights per output channel (symmetric); activations stay float"))
+
+RECIPES.add("w8a8_dynamic", Recipe(
+    "w8a8_dynamic",
+    LayerPrecision(
+        weight=INT8_WEIGHT,
+        activation=QuantSpec("int8", symmetric=True, granularity=PerToken(), dynamic=True),
+        reason="recipe w8a8_dynamic"),
+    description="int8 weights per output channel; int8 activations per token, "
+                "scales computed at run time"))
+
+RECIPES.add("w8a8_static", Recipe(
+    "w8a8_static",
+    LayerPrecision(
+        weight=INT8_WEIGHT,
+        activation=QuantSpec("int8", symmetric=True, granularity=PerTensor(), observer="minmax"),
+        reason="recipe w8a8_static"),
+    description="int8 weights per output channel; int8 activations per tensor, "
+                "MinMax-calibrated (static)"))
+
+
+def resolve_recipe(recipe: str | Recipe | dict[str, Any]) -> Recipe:
+    """A Recipe from a built-in or plugin name, a dict, or a Recipe."""
+    if isinstance(recipe, Recipe):
+        return recipe
+    if isinstance(recipe, dict):
+        return Recipe.from_dict(recipe)
+    if isinstance(recipe, str):
+        return RECIPES.get(recipe)
+    raise TypeError(f"recipe must be a name, a dict or a qpass.Recipe, not {type(recipe).__name__}")
