@@ -74,7 +74,9 @@ def qparams_from_range(
     ``lo``/``hi`` may be any shape (one entry per channel, token or group). The range is
     widened to contain 0 so that zero is exactly representable. An all-zero range gets
     scale 1 (every value quantizes to the zero point exactly); scales never go below
-    ``MIN_SCALE``. Zero points are returned in ``fmt.storage`` (float formats: float32 0).
+    ``MIN_SCALE``. Symmetric ranges on unsigned formats are centered on the middle code
+    (uint8: zero point 128, scale amax / 127). Zero points are returned in ``fmt.storage``
+    (float formats: float32 0).
     """
     lo = torch.minimum(lo.float(), torch.zeros_like(lo, dtype=torch.float32))
     hi = torch.maximum(hi.float(), torch.zeros_like(hi, dtype=torch.float32))
@@ -85,9 +87,11 @@ def qparams_from_range(
             "Inf: check the calibration data and the layer that produced it"
         )
     if fmt.is_float or symmetric:
+        # unsigned formats center a symmetric range on the middle code (uint8: 128)
+        mid = 0 if fmt.is_float or fmt.signed else (fmt.qmax + 1) // 2
         amax = torch.maximum(-lo, hi)
-        scale = amax / fmt.qmax
-        zero_point = torch.zeros_like(scale)
+        scale = amax / (fmt.qmax - mid)
+        zero_point = torch.full_like(scale, mid)
     else:
         scale = (hi - lo) / (fmt.qmax - fmt.qmin)
         zero_point = None

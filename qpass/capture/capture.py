@@ -30,12 +30,14 @@ def as_tuple(example_inputs: Any) -> tuple[Any, ...]:
 def _export(model: torch.nn.Module, args: tuple[Any, ...], dynamic_shapes: Any) -> fx.GraphModule:
     ep = torch.export.export(model, args, dynamic_shapes=dynamic_shapes, strict=False)
     gm = ep.module()
+    gm.train(model.training)
     gm.meta["qpass_capture"] = "export"
     return gm
 
 
 def _trace(model: torch.nn.Module) -> fx.GraphModule:
     gm = torch.fx.symbolic_trace(model)
+    gm.train(model.training)
     normalize_traced(gm)
     gm.meta["qpass_capture"] = "symbolic_trace"
     return gm

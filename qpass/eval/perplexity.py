@@ -46,9 +46,7 @@ def perplexity(
         logits = logits_fn(ids[None])
         _check_logits(logits, ids)
         # logits: [T, V] predicts ids[1:]: [T - 1]
-        nll = F.cross_entropy(
-            logits[0, :-1].float(), ids[1:].to(logits.device), reduction="none"
-        )
+        nll = F.cross_entropy(logits[0, :-1].float(), ids[1:].to(logits.device), reduction="none")
         total_nll += float(nll.double().sum())
         count += nll.numel()
     return math.exp(total_nll / count)
@@ -147,4 +145,9 @@ def _check_logits(logits: object, ids: torch.Tensor) -> None:
         raise ValueError(
             f"the model returned logits of shape {tuple(logits.shape)} for ids of shape "
             f"[1, {ids.numel()}], expected [1, {ids.numel()}, vocab_size]"
+        )
+    if int(ids.max()) >= logits.shape[2] or int(ids.min()) < 0:
+        raise ValueError(
+            f"token ids span [{int(ids.min())}, {int(ids.max())}] but the model has "
+            f"{logits.shape[2]} logits per position; tokenize with the model's own tokenizer"
         )

@@ -1,0 +1,88 @@
+"""Time several ONNX Runtime sessions side by side, interleaved so machine noise hits all alike."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+
+from qpass.eval.ort import ort_session
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class LatencyStats:
+    """Wall-clock seconds of one ``session.run`` over ``repeats`` timed runs."""
+
+    median_s: float
+    p10_s: float
+    p90_s: float
+    repeats: int
+
+    def __str__(self) -> str:
+        return (f"{self.median_s * 1e3:.2f} ms (p10 {self.p10_s * 1e3:.2f}, "
+                f"p90 {self.p90_s * 1e3:.2f}, n={self.repeats})")
+
+
+def measure_latency(
+    sessions: Mapping[str, ort.InferenceSession | str | Path],
+    feeds: Mapping[str, np.ndarray],
+    *,
+    warmup: int = 2,
+    repeats: int = 10,
+    threads: int = 2,
+) -> dict[str, LatencyStats]:
+    """Median and p10/p90 latency of each session, timed round-robin in one run.
+
+    Paths are opened with :func:`qpass.eval.ort.ort_session` (``threads`` intra-op threads).
+    Each session gets the entries of ``feeds`` that it declares as inputs. Every round runs all
+    sessions once, starting one further along each round, so neither drift nor order favours one.
+    """
+    if not sessions:
+        raise ValueError("sessions is empty; pass {name: InferenceSession or .onnx path}")
+    _check_count("warmup", warmup, least=0)
+    _check_count("repeats", repeats, least=1)
+    opened = {k: s if isinstance(s, ort.InferenceSession) else ort_session(s, threads)
+              for k, s in sessions.items()}
+    runs = {k: (s, _feeds_for(k, s, feeds)) for k, s in opened.items()}
+    names = list(runs)
+    times: dict[str, list[float]] = {k: [] for k in names}
+    for r in range(warmup + repeats):
+        for i in range(len(names)):
+            name = names[(r + i) % len(names)]
+            session, feed = runs[name]
+            start = time.perf_counter()
+            session.run(None, feed)
+            if r >= warmup:
+                times[name].append(time.perf_counter() - start)
+    stats = {k: _stats(v) for k, v in times.items()}
+    for k, s in stats.items():
+        log.info("latency %s: %s", k, s)
+    return stats
+
+
+def _check_count(name: str, value: int, *, least: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < least:
+        raise ValueError(f"{name} must be an int >= {least}, got {value!r}")
+
+
+def _feeds_for(name: str, session: ort.InferenceSession,
+               feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    wanted = [i.name for i in session.get_inputs()]
+    missing = [n for n in wanted if n not in feeds]
+    if missing:
+        raise ValueError(
+            f"session {name!r} needs inputs {wanted} but feeds has no {missing} "
+            f"(feeds has {sorted(feeds)}); add them to feeds")
+    return {n: feeds[n] for n in wanted}
+
+
+def _stats(seconds: list[float]) -> LatencyStats:
+    p10, median, p90 = np.percentile(np.asarray(seconds), [10, 50, 90])
+    return LatencyStats(float(median), float(p10), float(p90), len(seconds))

@@ -1,0 +1,118 @@
+"""ONNX translations of qpass's custom ops, for ``torch.onnx.export(custom_translation_table=)``.
+
+qpass::quantize / dequantize become QuantizeLinear / DequantizeLinear with the same scale
+layout rules as ``qpass.ops``:
+- 0-d scale: per tensor;
+- 1-D scale with ``axis``: per axis (weights per output channel, [K, N] with axis=1);
+- scale of the input's rank, last axis 1 (per token): the input is viewed as [rows, K] and
+  quantized per axis 0, which every ONNX runtime supports (opset >= 13);
+- scale of the input's rank otherwise: blocked quantization (opset 21 ``block_size``).
+
+qpass::choose_qparams_per_token becomes ReduceMax/ReduceMin arithmetic that mirrors
+``qpass.numerics.qparams_from_range`` operation for operation.
+"""
+
+from __future__ import annotations
+
+from onnxscript import ir
+from onnxscript import opset21 as op
+
+from qpass import numerics, ops
+
+ONNX_TYPES = {
+    "int8": ir.DataType.INT8, "uint8": ir.DataType.UINT8, "int4": ir.DataType.INT4,
+    "uint4": ir.DataType.UINT4, "fp8_e4m3": ir.DataType.FLOAT8E4M3FN,
+    "fp8_e5m2": ir.DataType.FLOAT8E5M2,
+}
+
+
+def _rank(v) -> int | None:
+    shape = getattr(v, "shape", None)
+    return None if shape is None else len(shape)
+
+
+def _zero_point(zero_point, format: str):
+    return op.Cast(zero_point, to=ONNX_TYPES[format])
+
+
+def _as_rows(x):
+    """[..., K] -> [rows, K], and the shape to restore."""
+    shape = op.Shape(x)
+    k = op.Shape(x, start=-1)
+    return op.Reshape(x, op.Concat(op.Constant(value_ints=[-1]), k, axis=0)), shape
+
+
+def _flat(t):
+    return op.Reshape(t, op.Constant(value_ints=[-1]))
+
+
+def _layout(x, scale, axis: int) -> str:
+    rx, rs = _rank(x), _rank(scale)
+    if rs is None or rs <= 1:
+        return "axis"
+    if rs == rx:
+        return "rows" if scale.shape[-1] == 1 else "blocked"
+    raise ValueError(f"qpass ONNX export: a scale of rank {rs} does not fit an input of rank {rx}")
+
+
+def _block_size(x, scale) -> tuple[int, int]:
+    for d, (n, m) in enumerate(zip(x.shape, scale.shape, strict=True)):
+        if m != n and m != 1:
+            return d, int(n) // int(m)
+    raise ValueError("qpass ONNX export: blocked qparams without a blocked axis")
+
+
+def quantize(x, scale, zero_point, axis: int, format: str):
+    zp = _zero_point(zero_point, format)
+    layout = _layout(x, scale, axis)
+    if layout == "axis":
+        return op.QuantizeLinear(x, scale, zp, axis=axis)
+    if layout == "rows":
+        rows, shape = _as_rows(x)
+        q = op.QuantizeLinear(rows, _flat(scale), _flat(zp), axis=0)
+        return op.Reshape(q, shape)
+    d, block = _block_size(x, scale)
+    return op.QuantizeLinear(x, scale, zp, axis=d, block_size=block)
+
+
+def dequantize(q, scale, zero_point, axis: int, format: str):
+    zp = _zero_point(zero_point, format)
+    layout = _layout(q, scale, axis)
+    if layout == "axis":
+        return op.DequantizeLinear(q, scale, zp, axis=axis)
+    if layout == "rows":
+        rows, shape = _as_rows(q)
+        return op.Reshape(op.DequantizeLinear(rows, _flat(scale), _flat(zp), axis=0), shape)
+    d, block = _block_size(q, scale)
+    return op.DequantizeLinear(q, scale, zp, axis=d, block_size=block)
+
+
+def choose_qparams_per_token(x, format: str, symmetric: bool):
+    fmt = numerics.get_format(format)
+    axes = op.Constant(value_ints=[-1])
+    zero = op.Constant(value_float=0.0)
+    lo = op.Min(op.ReduceMin(x, axes, keepdims=1), zero)
+    hi = op.Max(op.ReduceMax(x, axes, keepdims=1), zero)
+    if symmetric or fmt.is_float:
+        scale = op.Div(op.Max(op.Neg(lo), hi), op.Constant(value_float=float(fmt.qmax)))
+    else:
+        scale = op.Div(op.Sub(hi, lo), op.Constant(value_float=float(fmt.qmax - fmt.qmin)))
+    empty = op.Equal(scale, zero)
+    scale = op.Max(scale, op.Constant(value_float=float(numerics.MIN_SCALE)))
+    scale = op.Where(empty, op.Constant(value_float=1.0), scale)
+    if symmetric or fmt.is_float:
+        zp = op.Mul(scale, zero)
+    else:
+        zp = op.Sub(op.Constant(value_float=float(fmt.qmin)), op.Round(op.Div(lo, scale)))
+        zp = op.Clip(zp, op.Constant(value_float=float(fmt.qmin)),
+                     op.Constant(value_float=float(fmt.qmax)))
+        zp = op.Where(empty, zero, zp)
+    zp = zp if fmt.is_float else op.Cast(zp, to=ONNX_TYPES[format])
+    return scale, zp
+
+
+TRANSLATIONS = {
+    ops.QUANTIZE: quantize,
+    ops.DEQUANTIZE: dequantize,
+    ops.CHOOSE_QPARAMS_PER_TOKEN: choose_qparams_per_token,
+}
