@@ -30,7 +30,7 @@ def as_tuple(example_inputs: Any) -> tuple[Any, ...]:
 def _export(model: torch.nn.Module, args: tuple[Any, ...], dynamic_shapes: Any) -> fx.GraphModule:
     ep = torch.export.export(model, args, dynamic_shapes=dynamic_shapes, strict=False)
     gm = ep.module()
-    gm.train(model.training)
+    gm.training = model.training  # the mode is baked into the graph; .train() is refused
     gm.meta["qpass_capture"] = "export"
     return gm
 

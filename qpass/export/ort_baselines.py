@@ -66,11 +66,12 @@ def ort_quantize_static(
     ``reduce_range=None`` picks 7-bit weights on x86 CPUs without VNNI (see the module doc).
     """
     src, out = _check_paths(fp32_onnx_path, out_path)
-    reader = BatchReader(calib_batches, _required_inputs(src))
+    header = onnx.load(src, load_external_data=False)  # graph and small tensors only
+    reader = BatchReader(calib_batches, _required_inputs(header))
     reduce_range = x86_without_vnni() if reduce_range is None else reduce_range
-    external = _model_bytes(src) > EXTERNAL_DATA_THRESHOLD_BYTES
+    external = _model_bytes(src, header) > EXTERNAL_DATA_THRESHOLD_BYTES
     with tempfile.TemporaryDirectory(prefix="qpass-ortq-", dir=out.parent) as tmp:
-        model_in = _prepared(src, Path(tmp), external, preprocess)
+        model_in = _prepared(src, header.ir_version, Path(tmp), external, preprocess)
         _remove_stale_data(out)
         quantize_static(
             str(model_in), str(out), reader,
@@ -100,10 +101,11 @@ def ort_quantize_dynamic(
 ) -> Path:
     """Quantize the linear layers of ``fp32_onnx_path`` with ORT's dynamic quantizer."""
     src, out = _check_paths(fp32_onnx_path, out_path)
+    header = onnx.load(src, load_external_data=False)
     reduce_range = x86_without_vnni() if reduce_range is None else reduce_range
-    external = _model_bytes(src) > EXTERNAL_DATA_THRESHOLD_BYTES
+    external = _model_bytes(src, header) > EXTERNAL_DATA_THRESHOLD_BYTES
     with tempfile.TemporaryDirectory(prefix="qpass-ortq-", dir=out.parent) as tmp:
-        model_in = _prepared(src, Path(tmp), external, preprocess)
+        model_in = _prepared(src, header.ir_version, Path(tmp), external, preprocess)
         _remove_stale_data(out)
         quantize_dynamic(
             str(model_in), str(out),
@@ -200,17 +202,15 @@ def _fix_ir_version(path: Path) -> None:
         onnx.save(model, path)
 
 
-def _prepared(src: Path, tmp: Path, external: bool, preprocess: bool) -> Path:
+def _prepared(src: Path, ir_version: int, tmp: Path, external: bool, preprocess: bool) -> Path:
     """The input as ORT can read it (IR version), pre-processed if asked; copies go to tmp."""
-    model_in = _ort_readable(src, tmp, external)
+    model_in = src if ir_version <= ort_max_ir_version() else _ort_readable(src, tmp, external)
     return _preprocessed(model_in, tmp, external) if preprocess else model_in
 
 
 def _ort_readable(src: Path, tmp: Path, external: bool) -> Path:
-    """``src``, or a copy in ``tmp`` with an IR version ORT loads (calibration runs ORT)."""
+    """A copy of ``src`` in ``tmp`` with an IR version ORT loads (calibration runs ORT)."""
     top = ort_max_ir_version()
-    if onnx.load(src, load_external_data=False).ir_version <= top:
-        return src
     model = onnx.load(src)
     log.info("%s: IR version %d is newer than onnxruntime %s reads; quantizing a copy with %d",
              src.name, model.ir_version, ort.__version__, top)
@@ -251,18 +251,17 @@ def _check_paths(src: str | Path, out: str | Path) -> tuple[Path, Path]:
     return src, out
 
 
-def _required_inputs(path: Path) -> list[str]:
-    graph = onnx.load(path, load_external_data=False).graph
+def _required_inputs(header: onnx.ModelProto) -> list[str]:
+    graph = header.graph
     inits = {t.name for t in graph.initializer}
     return [i.name for i in graph.input if i.name not in inits]
 
 
-def _model_bytes(path: Path) -> int:
+def _model_bytes(path: Path, header: onnx.ModelProto) -> int:
     """Size of the model file plus every external data file it references."""
-    model = onnx.load(path, load_external_data=False)
     files = {
         external_data_helper.ExternalDataInfo(t).location
-        for t in model.graph.initializer
+        for t in header.graph.initializer
         if external_data_helper.uses_external_data(t)
     }
     return path.stat().st_size + sum((path.parent / f).stat().st_size for f in files)
