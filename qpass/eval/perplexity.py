@@ -39,20 +39,24 @@ def perplexity(
     int64 ids ``[1, T]`` and whose first output is the logits. ``threads`` sets the ONNX
     Runtime intra-op threads; torch modules run with torch's own thread setting.
     """
-    windows = _as_windows(token_ids, window)
-    logits_fn = _logits_fn(model_or_onnx_path, threads)
+    windows = as_windows(token_ids, window)
+    run = logits_fn(model_or_onnx_path, threads)
     total_nll, count = 0.0, 0
     for ids in tqdm(windows, desc="perplexity", unit="window", disable=not progress):
-        logits = logits_fn(ids[None])
-        _check_logits(logits, ids)
-        # logits: [T, V] predicts ids[1:]: [T - 1]
-        nll = F.cross_entropy(logits[0, :-1].float(), ids[1:].to(logits.device), reduction="none")
-        total_nll += float(nll.double().sum())
-        count += nll.numel()
+        nll, n = window_nll(run(ids[None]), ids)
+        total_nll, count = total_nll + nll, count + n
     return math.exp(total_nll / count)
 
 
-def _as_windows(token_ids: torch.Tensor, window: int) -> torch.Tensor:
+def window_nll(logits: torch.Tensor, ids: torch.Tensor) -> tuple[float, int]:
+    """Summed next-token NLL of one window and the number of predictions it made."""
+    _check_logits(logits, ids)
+    # logits: [T, V] predicts ids[1:]: [T - 1]
+    nll = F.cross_entropy(logits[0, :-1].float(), ids[1:].to(logits.device), reduction="none")
+    return float(nll.double().sum()), nll.numel()
+
+
+def as_windows(token_ids: torch.Tensor, window: int) -> torch.Tensor:
     """token_ids: [N] or [n, T] -> windows: [n, T] int64 on the CPU."""
     if not isinstance(token_ids, torch.Tensor):
         token_ids = torch.as_tensor(token_ids)
@@ -85,7 +89,7 @@ def _as_windows(token_ids: torch.Tensor, window: int) -> torch.Tensor:
     )
 
 
-def _logits_fn(model: nn.Module | str | Path, threads: int) -> LogitsFn:
+def logits_fn(model: nn.Module | str | Path, threads: int) -> LogitsFn:
     if isinstance(model, nn.Module):
         return _torch_logits_fn(model)
     if isinstance(model, str | Path):

@@ -1,0 +1,144 @@
+"""``python -m qpass.bench smollm2``: qpass's recipes against FP32 and ONNX Runtime's own
+quantizers on a real LLM, measured side by side in one run.
+
+For each row: perplexity of the torch model on held-out Wikipedia text, its ONNX export's
+perplexity and logit parity against it, and ONNX Runtime CPU latency of one forward pass,
+timed round-robin with every other row's session so machine noise hits all rows alike.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import onnx
+import torch
+
+import qpass
+from qpass.eval import load_model, perplexity, wikipedia_token_slices
+from qpass.eval.parity import Parity, compare
+from qpass.export.ort_baselines import ort_quantize_dynamic, ort_quantize_static
+from qpass.export.ort_latency import measure_latency
+
+log = logging.getLogger("qpass.bench")
+RECIPES = ("w8a16", "w8a8_dynamic", "w8a8_static")
+BENCH_MODELS = {"smollm2": "smollm2-135m"}
+
+
+@dataclass
+class Row:
+    name: str
+    onnx: str
+    torch_ppl: float | None = None
+    parity: Parity | None = None
+    onnx_ppl: float | None = None
+    latency_ms: float | None = None
+    seconds: float = 0.0
+
+
+def _args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m qpass.bench", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("model", choices=sorted(BENCH_MODELS))
+    p.add_argument("--recipes", nargs="+", default=list(RECIPES))
+    p.add_argument("--calib-windows", type=int, default=8)
+    p.add_argument("--eval-windows", type=int, default=12)
+    p.add_argument("--window", type=int, default=512)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--repeats", type=int, default=5, help="timed forwards per session")
+    p.add_argument("--no-ort-baselines", action="store_true")
+    p.add_argument("--out", type=Path, default=Path("exports/bench"))
+    return p.parse_args(argv)
+
+
+def _qpass_rows(a, gm, example, calib, evals) -> list[Row]:
+    rows = []
+    start = time.perf_counter()
+    fp32 = Row("FP32", str(qpass.export_onnx(gm, example, a.out / "fp32.onnx")))
+    fp32.parity = compare(gm, fp32.onnx, evals, threads=a.threads, progress=True)
+    fp32.torch_ppl, fp32.onnx_ppl = fp32.parity.reference_ppl, fp32.parity.candidate_ppl
+    fp32.seconds = time.perf_counter() - start
+    rows.append(fp32)
+    batches = [(calib[i:i + 1],) for i in range(len(calib))]
+    for recipe in a.recipes:
+        start = time.perf_counter()
+        q = qpass.quantize(gm, recipe, batches, example)
+        row = Row(f"qpass {recipe}", str(qpass.export_onnx(q, example, a.out / f"{recipe}.onnx")))
+        row.parity = compare(q, row.onnx, evals, threads=a.threads, progress=True)
+        row.torch_ppl, row.onnx_ppl = row.parity.reference_ppl, row.parity.candidate_ppl
+        row.seconds = time.perf_counter() - start
+        rows.append(row)
+        del q
+    return rows
+
+
+def _ort_rows(a, fp32_onnx: str, calib, evals) -> list[Row]:
+    calib_np = [calib[i:i + 1].numpy() for i in range(len(calib))]
+    rows = [Row("ORT quantize_static (MinMax)",
+                str(ort_quantize_static(fp32_onnx, a.out / "ort_static.onnx", calib_np))),
+            Row("ORT quantize_dynamic", str(ort_quantize_dynamic(fp32_onnx,
+                                                                   a.out / "ort_dynamic.onnx")))]
+    for row in rows:
+        row.onnx_ppl = perplexity(row.onnx, evals, threads=a.threads, progress=True)
+    return rows
+
+
+def _fmt(v: float | None, spec: str) -> str:
+    return "-" if v is None else format(v, spec)
+
+
+def print_table(rows: list[Row], eager_vs_captured: Parity) -> None:
+    base_ppl, base_ms = rows[0].torch_ppl, rows[0].latency_ms
+    print(f"\neager FP32 PPL {eager_vs_captured.reference_ppl:.4f} | captured GraphModule PPL "
+          f"{eager_vs_captured.candidate_ppl:.4f} | relative difference "
+          f"{eager_vs_captured.ppl_rel_diff:.2e}\n")
+    head = ("recipe", "PPL", "Δ% vs FP32", "ONNX PPL", "ONNX vs torch", "max|Δlogit|",
+            "mean|Δlogit|", "argmax agree", "ORT ms/fwd", "speed vs FP32")
+    print("| " + " | ".join(head) + " |")
+    print("|" + "---|" * len(head))
+    for r in rows:
+        ppl = r.torch_ppl if r.torch_ppl is not None else r.onnx_ppl
+        p = r.parity
+        cells = (r.name, _fmt(ppl, ".3f"), _fmt(100 * (ppl / base_ppl - 1), "+.2f"),
+                 _fmt(r.onnx_ppl, ".3f"),
+                 "-" if p is None or r.torch_ppl is None else f"{100 * p.ppl_rel_diff:.3f}%",
+                 _fmt(p and p.max_abs_diff, ".4f"), _fmt(p and p.mean_abs_diff, ".5f"),
+                 "-" if p is None else f"{100 * p.argmax_agreement:.2f}%",
+                 _fmt(r.latency_ms, ".0f"),
+                 _fmt(base_ms / r.latency_ms if r.latency_ms else None, ".2f") + "x")
+        print("| " + " | ".join(cells) + " |")
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.WARNING, format="%(name)s: %(message)s")
+    logging.getLogger("qpass").setLevel(logging.INFO)
+    a = _args(argv)
+    torch.set_num_threads(a.threads)
+    a.out.mkdir(parents=True, exist_ok=True)
+    loaded = load_model(BENCH_MODELS[a.model])
+    calib, evals = wikipedia_token_slices(loaded.tokenizer, calib_windows=a.calib_windows,
+                                          eval_windows=a.eval_windows, window=a.window)
+    example = (calib[:1],)
+    gm = qpass.capture(loaded.module, example)
+    eager_vs_captured = compare(loaded.module, gm, evals, threads=a.threads, progress=True)
+    rows = _qpass_rows(a, gm, example, calib, evals)
+    if not a.no_ort_baselines:
+        rows += _ort_rows(a, rows[0].onnx, calib, evals)
+    input_name = onnx.load(rows[0].onnx, load_external_data=False).graph.input[0].name
+    latency = measure_latency({r.name: r.onnx for r in rows}, {input_name: evals[:1].numpy()},
+                              repeats=a.repeats, threads=a.threads)
+    for r in rows:
+        r.latency_ms = latency[r.name].median_s * 1e3
+    print_table(rows, eager_vs_captured)
+    results = {"rows": [asdict(r) for r in rows], "eager_vs_captured": asdict(eager_vs_captured),
+               "args": {k: str(v) for k, v in vars(a).items()}}
+    (a.out / "results.json").write_text(json.dumps(results, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
