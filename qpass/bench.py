@@ -20,7 +20,7 @@ import torch
 
 import qpass
 from qpass.eval import load_model, perplexity, wikipedia_token_slices
-from qpass.eval.parity import Parity, compare
+from qpass.eval.parity import Parity, compare, perturbed
 from qpass.export.ort_baselines import ort_quantize_dynamic, ort_quantize_static
 from qpass.export.ort_latency import measure_latency
 
@@ -37,6 +37,7 @@ class Row:
     parity: Parity | None = None
     onnx_ppl: float | None = None
     latency_ms: float | None = None
+    floor: Parity | None = None  # the torch model against itself with a 1-ulp input change
     seconds: float = 0.0
 
 
@@ -60,6 +61,7 @@ def _qpass_rows(a, gm, example, calib, evals) -> list[Row]:
     start = time.perf_counter()
     fp32 = Row("FP32", str(qpass.export_onnx(gm, example, a.out / "fp32.onnx")))
     fp32.parity = compare(gm, fp32.onnx, evals, threads=a.threads, progress=True)
+    fp32.floor = compare(gm, perturbed(gm), evals, progress=True)
     fp32.torch_ppl, fp32.onnx_ppl = fp32.parity.reference_ppl, fp32.parity.candidate_ppl
     fp32.seconds = time.perf_counter() - start
     rows.append(fp32)
@@ -69,6 +71,7 @@ def _qpass_rows(a, gm, example, calib, evals) -> list[Row]:
         q = qpass.quantize(gm, recipe, batches, example)
         row = Row(f"qpass {recipe}", str(qpass.export_onnx(q, example, a.out / f"{recipe}.onnx")))
         row.parity = compare(q, row.onnx, evals, threads=a.threads, progress=True)
+        row.floor = compare(q, perturbed(q), evals, progress=True)
         row.torch_ppl, row.onnx_ppl = row.parity.reference_ppl, row.parity.candidate_ppl
         row.seconds = time.perf_counter() - start
         rows.append(row)
@@ -97,7 +100,9 @@ def print_table(rows: list[Row], eager_vs_captured: Parity) -> None:
           f"{eager_vs_captured.candidate_ppl:.4f} | relative difference "
           f"{eager_vs_captured.ppl_rel_diff:.2e}\n")
     head = ("recipe", "PPL", "Δ% vs FP32", "ONNX PPL", "ONNX vs torch", "max|Δlogit|",
-            "mean|Δlogit|", "argmax agree", "ORT ms/fwd", "speed vs FP32")
+            "mean|Δlogit|", "argmax agree", "1-ulp floor", "ORT ms/fwd", "speed vs FP32")
+    print("1-ulp floor: argmax agreement of the torch model with itself when its input "
+          "activation is scaled by 1 + 2^-23\n")
     print("| " + " | ".join(head) + " |")
     print("|" + "---|" * len(head))
     for r in rows:
@@ -108,6 +113,7 @@ def print_table(rows: list[Row], eager_vs_captured: Parity) -> None:
                  "-" if p is None or r.torch_ppl is None else f"{100 * p.ppl_rel_diff:.3f}%",
                  _fmt(p and p.max_abs_diff, ".4f"), _fmt(p and p.mean_abs_diff, ".5f"),
                  "-" if p is None else f"{100 * p.argmax_agreement:.2f}%",
+                 "-" if r.floor is None else f"{100 * r.floor.argmax_agreement:.2f}%",
                  _fmt(r.latency_ms, ".0f"),
                  _fmt(base_ms / r.latency_ms if r.latency_ms else None, ".2f") + "x")
         print("| " + " | ".join(cells) + " |")

@@ -61,3 +61,29 @@ def compare(
         argmax_agreement=agree / positions,
         positions=positions,
     )
+
+
+def perturbed(gm: torch.fx.GraphModule, rel: float = 2.0**-23) -> torch.fx.GraphModule:
+    """A copy of ``gm`` whose first floating-point activation is scaled by ``1 + rel``.
+
+    With ``rel`` = one float32 ulp this is the smallest change to the model's input that float
+    arithmetic can make. Comparing a model with its perturbed copy measures the parity floor:
+    how far two bit-different but equally valid float implementations (torch vs ONNX Runtime
+    kernels, say) must be expected to drift apart on this model.
+    """
+    import copy
+
+    gm = copy.deepcopy(gm)
+    graph = gm.graph
+    first = next((n for n in graph.nodes if n.op == "call_function"
+                  and isinstance(n.meta.get("val"), torch.Tensor)
+                  and n.meta["val"].is_floating_point()), None)
+    if first is None:
+        raise ValueError("perturbed() needs a captured graph with shape metadata (torch.export)")
+    with graph.inserting_after(first):
+        scaled = graph.call_function(torch.ops.aten.mul.Tensor, (first, 1.0 + rel))
+    first.replace_all_uses_with(scaled)
+    scaled.update_arg(0, first)
+    graph.lint()
+    gm.recompile()
+    return gm

@@ -43,6 +43,9 @@ def measure_latency(
     Paths are opened with :func:`qpass.eval.ort.ort_session` (``threads`` intra-op threads).
     Each session gets the entries of ``feeds`` that it declares as inputs. Every round runs all
     sessions once, starting one further along each round, so neither drift nor order favours one.
+
+    Open sessions with ``session.intra_op.allow_spinning=0``: threads that spin after a run
+    steal cores from the next session (on a 2-core VM they made even a lone session 1.4x slower).
     """
     if not sessions:
         raise ValueError("sessions is empty; pass {name: InferenceSession or .onnx path}")
@@ -51,6 +54,10 @@ def measure_latency(
     opened = {k: s if isinstance(s, ort.InferenceSession) else ort_session(s, threads)
               for k, s in sessions.items()}
     runs = {k: (s, _feeds_for(k, s, feeds)) for k, s in opened.items()}
+    spinning = [k for k, s in opened.items() if _spins(s)]
+    if spinning:
+        log.warning("sessions %s spin their intra-op threads between runs, which inflates "
+                    "interleaved timings; set session.intra_op.allow_spinning=0", spinning)
     names = list(runs)
     times: dict[str, list[float]] = {k: [] for k in names}
     for r in range(warmup + repeats):
@@ -70,6 +77,14 @@ def measure_latency(
 def _check_count(name: str, value: int, *, least: int) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or value < least:
         raise ValueError(f"{name} must be an int >= {least}, got {value!r}")
+
+
+def _spins(session: ort.InferenceSession) -> bool:
+    options = session.get_session_options()
+    try:  # an unset entry raises; ORT's default is to spin
+        return options.get_session_config_entry("session.intra_op.allow_spinning") != "0"
+    except RuntimeError:
+        return True
 
 
 def _feeds_for(name: str, session: ort.InferenceSession,

@@ -1,0 +1,61 @@
+import pytest
+
+import qpass
+from qpass.config import (
+    LayerPrecision,
+    PerChannel,
+    PerGroup,
+    PerTensor,
+    PerToken,
+    QuantSpec,
+    Recipe,
+)
+from qpass.recipes import RECIPES, resolve_recipe
+from qpass.registry import Registry
+
+
+@pytest.mark.parametrize("name", ["w8a16", "w8a8_dynamic", "w8a8_static"])
+def test_builtin_recipes_round_trip_through_dicts(name):
+    recipe = RECIPES.get(name)
+    assert Recipe.from_dict(recipe.to_dict()).to_dict() == recipe.to_dict()
+    assert resolve_recipe(recipe.to_dict()).precision.weight == recipe.precision.weight
+
+
+def test_invalid_specs_name_the_field_and_what_is_allowed():
+    with pytest.raises(ValueError, match=r"QuantSpec.format='int9'.*int8, uint8, int4"):
+        QuantSpec("int9")
+    with pytest.raises(ValueError, match=r"PerToken\(\) only with dynamic=True"):
+        QuantSpec(granularity=PerToken())
+    with pytest.raises(ValueError, match=r"QuantSpec.symmetric=False.*float formats"):
+        QuantSpec("fp8_e4m3", symmetric=False)
+    with pytest.raises(ValueError, match=r"PerGroup.size=0"):
+        PerGroup(0)
+    with pytest.raises(ValueError, match=r"activation.granularity.*PerTensor\(\) for static"):
+        LayerPrecision(weight=QuantSpec(), activation=QuantSpec(granularity=PerChannel(0)))
+    with pytest.raises(ValueError, match=r"Recipe.precision.weight"):
+        Recipe("x", LayerPrecision(activation=QuantSpec(granularity=PerTensor())))
+
+
+def test_unknown_recipe_key_is_rejected_with_the_closest_match():
+    d = RECIPES.get("w8a16").to_dict()
+    d["keep_flaot"] = d.pop("keep_float")
+    with pytest.raises(ValueError, match=r"recipe.keep_flaot.*did you mean 'keep_float'"):
+        Recipe.from_dict(d)
+    d = RECIPES.get("w8a16").to_dict()
+    d["precision"]["weight"]["granularty"] = "per_channel"
+    with pytest.raises(ValueError, match=r"recipe.precision.weight.granularty"):
+        Recipe.from_dict(d)
+
+
+def test_registry_lists_known_names_and_suggests():
+    reg: Registry[int] = Registry("widget", "qpass.widgets")
+    reg.add("alpha", 1)
+    with pytest.raises(KeyError, match=r"unknown widget 'alpah'. Known widgets: alpha.*'alpha'"):
+        reg.get("alpah")
+    with pytest.raises(ValueError, match="already registered"):
+        reg.add("alpha", 2)
+
+
+def test_resolve_recipe_rejects_other_types():
+    with pytest.raises(TypeError, match="recipe must be a name, a dict or a qpass.Recipe"):
+        qpass.resolve_recipe(42)
