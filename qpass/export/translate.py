@@ -62,29 +62,25 @@ def _block_size(x, scale) -> tuple[int, int]:
     raise ValueError("qpass ONNX export: blocked qparams without a blocked axis")
 
 
-def quantize(x, scale, zero_point, axis: int, format: str):
+def _linear(onnx_op, x, scale, zero_point, axis: int, format: str):
+    """QuantizeLinear or DequantizeLinear with qpass's scale layout (see the module doc)."""
     zp = _zero_point(zero_point, format)
     layout = _layout(x, scale, axis)
     if layout == "axis":
-        return op.QuantizeLinear(x, scale, zp, axis=axis)
+        return onnx_op(x, scale, zp, axis=axis)
     if layout == "rows":
         rows, shape = _as_rows(x)
-        q = op.QuantizeLinear(rows, _flat(scale), _flat(zp), axis=0)
-        return op.Reshape(q, shape)
+        return op.Reshape(onnx_op(rows, _flat(scale), _flat(zp), axis=0), shape)
     d, block = _block_size(x, scale)
-    return op.QuantizeLinear(x, scale, zp, axis=d, block_size=block)
+    return onnx_op(x, scale, zp, axis=d, block_size=block)
+
+
+def quantize(x, scale, zero_point, axis: int, format: str):
+    return _linear(op.QuantizeLinear, x, scale, zero_point, axis, format)
 
 
 def dequantize(q, scale, zero_point, axis: int, format: str):
-    zp = _zero_point(zero_point, format)
-    layout = _layout(q, scale, axis)
-    if layout == "axis":
-        return op.DequantizeLinear(q, scale, zp, axis=axis)
-    if layout == "rows":
-        rows, shape = _as_rows(q)
-        return op.Reshape(op.DequantizeLinear(rows, _flat(scale), _flat(zp), axis=0), shape)
-    d, block = _block_size(q, scale)
-    return op.DequantizeLinear(q, scale, zp, axis=d, block_size=block)
+    return _linear(op.DequantizeLinear, q, scale, zero_point, axis, format)
 
 
 def choose_qparams_per_token(x, format: str, symmetric: bool):

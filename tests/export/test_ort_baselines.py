@@ -142,3 +142,18 @@ def test_measure_latency(fp32: tuple[Path, str], tmp_path: Path) -> None:
         measure_latency(sessions, {"other": batches(1, 0)[0]})
     with pytest.raises(ValueError, match="repeats must be"):
         measure_latency(sessions, {name: batches(1, 0)[0]}, repeats=0)
+
+
+def test_measure_latency_warns_about_spinning(fp32: tuple[Path, str],
+                                             caplog: pytest.LogCaptureFixture) -> None:
+    src, name = fp32
+    quiet = ort.SessionOptions()
+    quiet.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    calm = ort.InferenceSession(str(src), quiet, providers=["CPUExecutionProvider"])
+    spinning = ort.InferenceSession(str(src), providers=["CPUExecutionProvider"])
+    feeds = {name: batches(1, 0)[0]}
+    with caplog.at_level("WARNING", logger="qpass.export.ort_latency"):
+        measure_latency({"calm": calm}, feeds, warmup=0, repeats=1)
+        assert "allow_spinning" not in caplog.text
+        measure_latency({"calm": calm, "spinning": spinning}, feeds, warmup=0, repeats=1)
+    assert "['spinning']" in caplog.text
