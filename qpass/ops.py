@@ -66,3 +66,27 @@ def _(x: Tensor, format: str, symmetric: bool) -> tuple[Tensor, Tensor]:
 QUANTIZE = torch.ops.qpass.quantize.default
 DEQUANTIZE = torch.ops.qpass.dequantize.default
 CHOOSE_QPARAMS_PER_TOKEN = torch.ops.qpass.choose_qparams_per_token.default
+
+
+@torch.library.custom_op("qpass::dynamic_quant_matmul", mutates_args=())
+def dynamic_quant_matmul(x: Tensor, w_q: Tensor, w_scale: Tensor, w_zero_point: Tensor,
+                         w_axis: int, format: str) -> Tensor:
+    """matmul(dq(q(x)), dq(w_q)) with x quantized to int8, symmetric, per token at run time.
+
+    ``x``: [..., K]; ``w_q``: [K, N] in ``format`` (int8, or uint8 with values and zero points
+    shifted by 128). The same numbers as the Q/DQ chain it replaces; exporters lower it to
+    integer MatMul kernels.
+    """
+    fmt = numerics.FORMATS["int8"]
+    scale, zp = numerics.dynamic_qparams_per_token(x.float(), fmt, symmetric=True)
+    xd = numerics.dequantize(numerics.quantize(x, scale, zp, fmt), scale, zp)
+    return torch.matmul(xd, dequantize(w_q, w_scale, w_zero_point, w_axis, format))
+
+
+@dynamic_quant_matmul.register_fake
+def _(x: Tensor, w_q: Tensor, w_scale: Tensor, w_zero_point: Tensor, w_axis: int,
+      format: str) -> Tensor:
+    return x.new_empty((*x.shape[:-1], w_q.shape[1]), dtype=torch.float32)
+
+
+DYNAMIC_QUANT_MATMUL = torch.ops.qpass.dynamic_quant_matmul.default

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import os
@@ -12,6 +13,7 @@ import onnx
 import torch
 
 from qpass.capture import as_tuple
+from qpass.export.ort_lowering import fuse_dynamic_matmuls
 from qpass.export.ort_profile import int8_to_uint8
 from qpass.export.translate import TRANSLATIONS
 from qpass.state import META_KEY
@@ -74,6 +76,10 @@ def export_onnx(
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     args = as_tuple(example_inputs)
+    if profile == "ort" and isinstance(qmodel, torch.fx.GraphModule):
+        lowered = copy.deepcopy(qmodel)
+        if fuse_dynamic_matmuls(lowered):
+            qmodel = lowered
     try:
         program = torch.onnx.export(
             qmodel, args, dynamo=True, opset_version=OPSET, dynamic_shapes=dynamic_shapes,

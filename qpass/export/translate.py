@@ -107,7 +107,31 @@ def choose_qparams_per_token(x, format: str, symmetric: bool):
     return scale, zp
 
 
+def dynamic_quant_matmul(x, w_q, w_scale, w_zero_point, w_axis: int, format: str):
+    """Per-token int8 x (as uint8 + 128) times uint8 weights in MatMulInteger, scaled after.
+
+    Mirrors ``qpass.ops.dynamic_quant_matmul``: the scale is max|x| / 127 per row, and the
+    integer products accumulate exactly in int32. ``w_zero_point`` is 128 everywhere (the ort
+    lowering fuses symmetric weights only), so it is passed as a scalar.
+    """
+    if format != "uint8":
+        raise ValueError(f"dynamic_quant_matmul exports uint8 weights, got {format!r}")
+    int8 = numerics.FORMATS["int8"]
+    amax = op.ReduceMax(op.Abs(x), op.Constant(value_ints=[-1]), keepdims=1)  # [..., 1]
+    scale = op.Div(amax, op.Constant(value_float=float(int8.qmax)))
+    empty = op.Equal(scale, op.Constant(value_float=0.0))
+    scale = op.Max(scale, op.Constant(value_float=float(numerics.MIN_SCALE)))
+    scale = op.Where(empty, op.Constant(value_float=1.0), scale)
+    q = op.Clip(op.Round(op.Div(x, scale)), op.Constant(value_float=float(int8.qmin)),
+                op.Constant(value_float=float(int8.qmax)))
+    q = op.Cast(op.Add(q, op.Constant(value_float=128.0)), to=ir.DataType.UINT8)
+    zp = op.Cast(op.Constant(value_int=128), to=ir.DataType.UINT8)
+    acc = op.MatMulInteger(q, w_q, zp, zp)  # [..., N] int32, exact
+    return op.Mul(op.Mul(op.Cast(acc, to=ir.DataType.FLOAT), scale), w_scale)
+
+
 TRANSLATIONS = {
+    ops.DYNAMIC_QUANT_MATMUL: dynamic_quant_matmul,
     ops.QUANTIZE: quantize,
     ops.DEQUANTIZE: dequantize,
     ops.CHOOSE_QPARAMS_PER_TOKEN: choose_qparams_per_token,
