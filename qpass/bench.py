@@ -120,7 +120,7 @@ def print_table(rows: list[Row], eager_vs_captured: Parity) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(level=logging.WARNING, format="%(name)s: %(message)s")
+    logging.basicConfig(level=logging.WARNING, format="%(message)s")
     logging.getLogger("qpass").setLevel(logging.INFO)
     a = _args(argv)
     torch.set_num_threads(a.threads)

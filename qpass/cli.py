@@ -51,7 +51,7 @@ def _print_result(result, recipe: str) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    logging.basicConfig(level=logging.WARNING, format="%(name)s: %(message)s")
+    logging.basicConfig(level=logging.WARNING, format="%(message)s")
     logging.getLogger("qpass").setLevel(logging.WARNING if args.quiet else logging.INFO)
     from qpass.job import JobConfig, run_job
 
