@@ -97,3 +97,22 @@ def test_float_model_exports_too(tmp_path):
     got = _session(path).run(None, {"ids": ids.numpy()})[0]
     np.testing.assert_allclose(got, model(ids).detach().numpy(), rtol=1e-5, atol=1e-5)
     assert torch.is_tensor(model(ids))
+
+
+@pytest.mark.parametrize("recipe", ["w8a16", "w8a8_dynamic", "w8a8_static"])
+def test_dynamic_batch_and_sequence_axes(tmp_path, recipe):
+    from torch.export import Dim
+
+    from qpass.eval.ort import ort_session
+
+    model, ids = tiny_lm(), token_batches(1)[0]
+    dims = ({0: Dim("batch", min=1, max=64), 1: Dim("seq", min=2, max=512)},)
+    q = qpass.quantize(model, recipe, token_batches(2), (ids,), dynamic_shapes=dims,
+                       progress=False)
+    path = qpass.export_onnx(q, (ids,), tmp_path / "dyn.onnx", dynamic_shapes=dims)
+    session = ort_session(path, threads=1)
+    assert session.get_inputs()[0].shape == ["batch", "seq"]
+    for shape in [(1, 2), (3, 17), (5, 40)]:
+        x = torch.randint(0, 50, shape)
+        got = session.run(None, {session.get_inputs()[0].name: x.numpy()})[0]
+        np.testing.assert_allclose(got, q(x).detach().numpy(), rtol=1e-4, atol=1e-4)
