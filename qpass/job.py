@@ -25,7 +25,7 @@ log = logging.getLogger(__name__)
 class JobConfig:
     model: str = "smollm2-135m"
     recipe: str = "w8a8_dynamic"
-    calib_windows: int = 8
+    calib_windows: int = 8  # at least 2: the first two make the export's example batch
     eval_windows: int = 4
     window: int | None = None  # default: 512 for causal LMs, 128 for encoders
     out: Path = Path("exports")
@@ -33,9 +33,9 @@ class JobConfig:
     progress: bool = True
 
     def __post_init__(self) -> None:
-        for name in ("calib_windows", "eval_windows", "threads"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"JobConfig.{name}={getattr(self, name)} must be >= 1")
+        for name, least in (("calib_windows", 2), ("eval_windows", 1), ("threads", 1)):
+            if getattr(self, name) < least:
+                raise ValueError(f"JobConfig.{name}={getattr(self, name)} must be >= {least}")
         if self.window is not None and self.window < 2:
             raise ValueError(f"JobConfig.window={self.window} must be >= 2")
 
@@ -59,15 +59,19 @@ def run_job(cfg: JobConfig) -> JobResult:
     window = cfg.window or (512 if loaded.kind == "causal_lm" else 128)
     calib, evals = wikipedia_token_slices(loaded.tokenizer, calib_windows=cfg.calib_windows,
                                           eval_windows=cfg.eval_windows, window=window)
-    example = _inputs(calib[:1], loaded.kind)
-    gm = qpass.capture(loaded.module, example)
+    # two rows: torch.export specializes axes of size 1, and the ONNX file should take any
+    # batch and sequence length the model allows
+    example = _inputs(calib[:2], loaded.kind)
+    dims = loaded.dynamic_shapes
+    gm = qpass.capture(loaded.module, example, dynamic_shapes=dims)
     seconds = {"load + capture": time.perf_counter() - clock}
     clock = time.perf_counter()
     batches = [_inputs(calib[i:i + 1], loaded.kind) for i in range(len(calib))]
     qmodel = qpass.quantize(gm, cfg.recipe, batches, example, progress=cfg.progress)
     seconds["quantize"] = time.perf_counter() - clock
     clock = time.perf_counter()
-    path = qpass.export_onnx(qmodel, example, cfg.out / f"{cfg.model}-{cfg.recipe}.onnx")
+    path = qpass.export_onnx(qmodel, example, cfg.out / f"{cfg.model}-{cfg.recipe}.onnx",
+                             dynamic_shapes=dims)
     seconds["export"] = time.perf_counter() - clock
     clock = time.perf_counter()
     result = JobResult(path, "perplexity" if loaded.kind == "causal_lm" else "cosine")
