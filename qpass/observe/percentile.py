@@ -39,10 +39,12 @@ def histogram_quantile(
     """The q-quantile (q in [0, 1]) of each row of a histogram.
 
     counts: [C, B] over bins [left + j * width, left + (j + 1) * width); left, width: [C].
-    Inside the bin that holds the quantile, values are taken as spread evenly. Returns [C].
+    Like ``torch.quantile``, the quantile sits at rank q * (N - 1) among the N sorted values
+    (0-based); the bin counted to q * (N - 1) + 0.5 holds the nearest order statistic. Inside
+    that bin, values are taken as spread evenly. Returns [C].
     """
     cum = counts.cumsum(dim=1)  # [C, B]
-    target = q * cum[:, -1:]  # [C, 1]
+    target = q * (cum[:, -1:] - 1) + 0.5  # [C, 1]
     j = torch.searchsorted(cum, target).clamp(max=counts.shape[1] - 1)  # [C, 1]
     c_j = counts.gather(1, j)
     before = cum.gather(1, j) - c_j
@@ -63,6 +65,9 @@ class PercentileObserver(HistogramObserver):
     def _clip_range(self, spec: QuantSpec) -> tuple[torch.Tensor, torch.Tensor]:
         h = self.hist
         q = self.config.percentile / 100
+        if q == 1:  # the 100th percentile: the exact observed range
+            assert h.lo is not None and h.hi is not None
+            return (h.lo, h.hi) if not spec.symmetric else (-symmetric_amax(h), symmetric_amax(h))
         if spec.symmetric:
             zero = torch.zeros_like(h.width)
             t = histogram_quantile(h.abs_counts(), zero, h.width, q)
