@@ -20,12 +20,13 @@ on a layer, with 7-bit weights it cannot overflow.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import platform
 import tempfile
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -65,14 +66,10 @@ def ort_quantize_static(
     ``calib_batches``: dicts ``{input_name: array}``, or arrays for a model with one input.
     ``reduce_range=None`` picks 7-bit weights on x86 CPUs without VNNI (see the module doc).
     """
-    src, out = _check_paths(fp32_onnx_path, out_path)
-    header = onnx.load(src, load_external_data=False)  # graph and small tensors only
-    reader = BatchReader(calib_batches, _required_inputs(header))
     reduce_range = x86_without_vnni() if reduce_range is None else reduce_range
-    external = _model_bytes(src, header) > EXTERNAL_DATA_THRESHOLD_BYTES
-    with tempfile.TemporaryDirectory(prefix="qpass-ortq-", dir=out.parent) as tmp:
-        model_in = _prepared(src, header.ir_version, Path(tmp), external, preprocess)
-        _remove_stale_data(out)
+    with _quantization_io(fp32_onnx_path, out_path, preprocess) as (model_in, out, external):
+        reader = BatchReader(calib_batches, _required_inputs(onnx.load(
+            model_in, load_external_data=False)))
         quantize_static(
             str(model_in), str(out), reader,
             quant_format=QuantFormat.QDQ,
@@ -85,7 +82,6 @@ def ort_quantize_static(
             use_external_data_format=external,
             extra_options={"MatMulConstBOnly": True, "WeightSymmetric": True},
         )
-    _fix_ir_version(out)
     log.info("ORT static QDQ baseline (per_channel=%s, reduce_range=%s) -> %s",
              per_channel, reduce_range, out)
     return out
@@ -100,13 +96,8 @@ def ort_quantize_dynamic(
     preprocess: bool = True,
 ) -> Path:
     """Quantize the linear layers of ``fp32_onnx_path`` with ORT's dynamic quantizer."""
-    src, out = _check_paths(fp32_onnx_path, out_path)
-    header = onnx.load(src, load_external_data=False)
     reduce_range = x86_without_vnni() if reduce_range is None else reduce_range
-    external = _model_bytes(src, header) > EXTERNAL_DATA_THRESHOLD_BYTES
-    with tempfile.TemporaryDirectory(prefix="qpass-ortq-", dir=out.parent) as tmp:
-        model_in = _prepared(src, header.ir_version, Path(tmp), external, preprocess)
-        _remove_stale_data(out)
+    with _quantization_io(fp32_onnx_path, out_path, preprocess) as (model_in, out, external):
         quantize_dynamic(
             str(model_in), str(out),
             op_types_to_quantize=list(LINEAR_OP_TYPES),
@@ -116,10 +107,24 @@ def ort_quantize_dynamic(
             use_external_data_format=external,
             extra_options={"MatMulConstBOnly": True, "WeightSymmetric": True},
         )
-    _fix_ir_version(out)
     log.info("ORT dynamic baseline (per_channel=%s, reduce_range=%s) -> %s",
              per_channel, reduce_range, out)
     return out
+
+
+@contextlib.contextmanager
+def _quantization_io(src: str | Path, out: str | Path,
+                     preprocess: bool) -> Iterator[tuple[Path, Path, bool]]:
+    """What both baselines do around ORT's quantizer: check the paths, prepare an input ORT
+    can read (in a temporary folder beside the output), and fix the output's IR version."""
+    src, out = _check_paths(src, out)
+    header = onnx.load(src, load_external_data=False)  # graph and small tensors only
+    external = _model_bytes(src, header) > EXTERNAL_DATA_THRESHOLD_BYTES
+    with tempfile.TemporaryDirectory(prefix="qpass-ortq-", dir=out.parent) as tmp:
+        model_in = _prepared(src, header.ir_version, Path(tmp), external, preprocess)
+        _remove_stale_data(out)
+        yield model_in, out, external
+    _fix_ir_version(out)
 
 
 class BatchReader(CalibrationDataReader):

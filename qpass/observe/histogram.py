@@ -26,6 +26,7 @@ Memory: ``C * 2 * bins`` float64 counts plus three [C] vectors, whatever the num
 from __future__ import annotations
 
 from abc import abstractmethod
+from typing import Any
 
 import torch
 
@@ -174,12 +175,17 @@ class StreamingHistogram:
 class HistogramObserver(Observer):
     """Base of the observers that choose a clip range from a ``StreamingHistogram``.
 
-    Subclasses implement ``_clip_range(spec) -> (lo [C], hi [C])``; this class handles the
+    Subclasses set ``default_config`` (a frozen dataclass with a ``bins`` field) and implement
+    ``_clip_range(spec) -> (lo [C], hi [C])``; this class handles the configuration, the
     granularity (one histogram row per tensor, channel or group), merging and qparams.
     """
 
-    def __init__(self, spec: QuantSpec, bins: int = 2048) -> None:
+    default_config: Any = None
+
+    def __init__(self, spec: QuantSpec, config: Any = None) -> None:
         super().__init__(spec)
+        self.config = config or type(self).default_config
+        bins = self.config.bins if self.config is not None else 2048
         check_bins(type(self).__name__, bins)
         self.hist = StreamingHistogram(bins)
         self.shape: torch.Size | None = None

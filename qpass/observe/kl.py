@@ -126,8 +126,7 @@ class KLObserver(HistogramObserver):
     default_config = KLConfig()
 
     def __init__(self, spec: QuantSpec, config: KLConfig | None = None) -> None:
-        self.config = config or type(self).default_config
-        super().__init__(spec, bins=self.config.bins)
+        super().__init__(spec, config)
         kl_levels(spec.fmt, spec.symmetric, one_sided=False)  # fail early for fp8
 
     def _clip_range(self, spec: QuantSpec) -> tuple[torch.Tensor, torch.Tensor]:

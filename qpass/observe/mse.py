@@ -78,8 +78,7 @@ class MSEObserver(HistogramObserver):
     default_config = MSEConfig()
 
     def __init__(self, spec: QuantSpec, config: MSEConfig | None = None) -> None:
-        self.config = config or type(self).default_config
-        super().__init__(spec, bins=self.config.bins)
+        super().__init__(spec, config)
 
     def _clip_range(self, spec: QuantSpec) -> tuple[torch.Tensor, torch.Tensor]:
         h = self.hist

@@ -59,8 +59,7 @@ class PercentileObserver(HistogramObserver):
     default_config = PercentileConfig()
 
     def __init__(self, spec: QuantSpec, config: PercentileConfig | None = None) -> None:
-        self.config = config or type(self).default_config
-        super().__init__(spec, bins=self.config.bins)
+        super().__init__(spec, config)
 
     def _clip_range(self, spec: QuantSpec) -> tuple[torch.Tensor, torch.Tensor]:
         h = self.hist
