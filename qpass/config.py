@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import typing
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -120,8 +121,18 @@ class LayerPrecision:
         return self.weight is None and self.activation is None
 
     def to_dict(self) -> dict[str, Any]:
-        return {"weight": self.weight and self.weight.to_dict(),
-                "activation": self.activation and self.activation.to_dict()}
+        out = {"weight": self.weight and self.weight.to_dict(),
+               "activation": self.activation and self.activation.to_dict()}
+        return {**out, "reason": self.reason} if self.reason else out
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any], where: str = "precision") -> LayerPrecision:
+        d = dict(d)
+        _check_keys(d, {f.name for f in dataclasses.fields(cls)}, where)
+        for role in ("weight", "activation"):
+            if d.get(role):
+                d[role] = QuantSpec.from_dict(d[role], f"{where}.{role}")
+        return cls(**d)
 
 
 FLOAT = LayerPrecision(reason="float")
@@ -138,12 +149,20 @@ def _check_keys(d: dict[str, Any], allowed: set[str], where: str) -> None:
 
 @dataclass(frozen=True)
 class Recipe:
-    """What to quantize and how: a default precision for the quantizable ops, and the
-    module-FQN globs that stay float (embeddings and ``lm_head`` by default)."""
+    """What to quantize and how.
+
+    ``precision`` is the default for every quantizable op; ``keep_float`` lists the module-FQN
+    globs that stay float (embeddings and ``lm_head`` by default); ``policies`` (registered
+    in ``qpass.policy.POLICIES``) then refine the assignment in order, later ones winning;
+    ``passes`` (registered in ``qpass.passes.PASSES``) are the graph transforms, run in order
+    within their stage (see ``qpass.passes``).
+    """
 
     name: str
     precision: LayerPrecision
     keep_float: tuple[str, ...] = ("*embed*", "lm_head", "*.lm_head")
+    policies: tuple[Any, ...] = ()
+    passes: tuple[Any, ...] = ()
     description: str = ""
 
     def __post_init__(self) -> None:
@@ -154,18 +173,91 @@ class Recipe:
         if self.precision.weight is None and self.precision.activation is not None:
             raise _bad("Recipe", "precision.weight", None,
                        "a weight spec whenever activations are quantized")
+        from qpass.passes import PASSES, Pass
+        from qpass.policy import POLICIES, Policy
+
+        for fname, base, registry in (("policies", Policy, POLICIES), ("passes", Pass, PASSES)):
+            items = getattr(self, fname)
+            if not isinstance(items, tuple) or not all(isinstance(i, base) for i in items):
+                raise _bad("Recipe", fname, items,
+                           f"a tuple of {base.__name__} instances ({', '.join(registry.names())})")
+
+    def replace(self, **changes: Any) -> Recipe:
+        """A copy with some fields changed, e.g. ``recipe.replace(passes=(SmoothQuant(),))``."""
+        return dataclasses.replace(self, **changes)
 
     def to_dict(self) -> dict[str, Any]:
+        from qpass.passes import PASSES
+        from qpass.policy import POLICIES
+
         return {"name": self.name, "description": self.description,
-                "precision": self.precision.to_dict(), "keep_float": list(self.keep_float)}
+                "precision": self.precision.to_dict(), "keep_float": list(self.keep_float),
+                "policies": [component_to_dict(p, POLICIES) for p in self.policies],
+                "passes": [component_to_dict(p, PASSES) for p in self.passes]}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Recipe:
-        _check_keys(d, {"name", "description", "precision", "keep_float"}, "recipe")
-        prec = dict(d.get("precision", {}))
-        _check_keys(prec, {"weight", "activation"}, "recipe.precision")
-        specs = {k: QuantSpec.from_dict(v, f"recipe.precision.{k}") if v else None
-                 for k, v in prec.items()}
+        from qpass.passes import PASSES
+        from qpass.policy import POLICIES
+
+        _check_keys(d, {f.name for f in dataclasses.fields(cls)}, "recipe")
+        if "name" not in d:
+            raise ValueError("recipe.name is missing; every recipe needs a name")
         kf = d.get("keep_float", Recipe.__dataclass_fields__["keep_float"].default)
-        return cls(name=d["name"], description=d.get("description", ""),
-                   precision=LayerPrecision(**specs), keep_float=tuple(kf))
+        return cls(
+            name=d["name"], description=d.get("description", ""),
+            precision=LayerPrecision.from_dict(d.get("precision", {}), "recipe.precision"),
+            keep_float=tuple(kf),
+            policies=tuple(component_from_dict(p, POLICIES, f"recipe.policies[{i}]")
+                           for i, p in enumerate(d.get("policies", ()))),
+            passes=tuple(component_from_dict(p, PASSES, f"recipe.passes[{i}]")
+                         for i, p in enumerate(d.get("passes", ()))))
+
+
+def component_to_dict(obj: Any, registry: Any) -> dict[str, Any]:
+    """A registered frozen-dataclass component (a policy, a pass) as ``{"type": name, ...}``."""
+    out: dict[str, Any] = {"type": registry.name_of(obj)}
+    for f in dataclasses.fields(obj):
+        out[f.name] = _plain(getattr(obj, f.name))
+    return out
+
+
+def component_from_dict(d: dict[str, Any], registry: Any, where: str) -> Any:
+    """The inverse of ``component_to_dict``: fields are converted by their type hints."""
+    if not isinstance(d, dict) or "type" not in d:
+        raise ValueError(f"{where} must be a mapping with a 'type' key naming one of: "
+                         f"{', '.join(registry.names())}")
+    d = dict(d)
+    cls = registry.get(d.pop("type"))
+    hints = typing.get_type_hints(cls)
+    _check_keys(d, {f.name for f in dataclasses.fields(cls)}, where)
+    kwargs = {k: _typed(v, hints.get(k), f"{where}.{k}") for k, v in d.items()}
+    return cls(**kwargs)
+
+
+def _plain(v: Any) -> Any:
+    if hasattr(v, "to_dict"):
+        return v.to_dict()
+    if isinstance(v, tuple | list):
+        return [_plain(x) for x in v]
+    if isinstance(v, dict):
+        return {k: _plain(x) for k, x in v.items()}
+    return v
+
+
+def _typed(v: Any, hint: Any, where: str) -> Any:
+    """Convert a plain value to the field's annotated type where it is a qpass config."""
+    if v is None:
+        return None
+    args = [a for a in typing.get_args(hint) if a is not type(None)]
+    if hint is LayerPrecision or LayerPrecision in args:
+        return v if isinstance(v, LayerPrecision) else LayerPrecision.from_dict(v, where)
+    if hint is QuantSpec or QuantSpec in args:
+        return v if isinstance(v, QuantSpec) else QuantSpec.from_dict(v, where)
+    if typing.get_origin(hint) is tuple and isinstance(v, list | tuple):
+        inner = args[0] if args else None
+        return tuple(_typed(x, inner, f"{where}[{i}]") for i, x in enumerate(v))
+    if typing.get_origin(hint) is dict and isinstance(v, dict):
+        inner = args[1] if len(args) == 2 else None
+        return {k: _typed(x, inner, f"{where}.{k}") for k, x in v.items()}
+    return v

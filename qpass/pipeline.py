@@ -28,7 +28,10 @@ def quantize(
     Returns the reference quantized GraphModule (see ``qpass.convert``). Recipes whose
     activations are float or dynamic need no calibration data; pass ``[]`` for them.
     """
-    prepared = prepare(model, recipe, example_inputs, dynamic_shapes=dynamic_shapes)
+    if not isinstance(calib_data, torch.Tensor):
+        calib_data = list(calib_data)  # read once, used by passes and by calibrate
+    prepared = prepare(model, recipe, example_inputs, calib_data=calib_data,
+                       dynamic_shapes=dynamic_shapes, progress=progress)
     state = prepared.meta["qpass"]
     if state.observers:
         calibrate(prepared, calib_data, progress=progress)

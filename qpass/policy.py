@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import fnmatch
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch.fx as fx
 
 from qpass.config import LayerPrecision, Recipe
 from qpass.quantizable import Site
@@ -18,9 +21,25 @@ from qpass.registry import Registry
 POLICIES: Registry[type[Policy]] = Registry("policy", "qpass.policies")
 
 
+@dataclass
+class PolicyContext:
+    """What a policy may read besides the sites: the (float, possibly transformed) graph, the
+    recipe, the calibration batches (may be empty) and the assignment so far. A policy writes
+    plain data for the precision report into ``report``."""
+
+    gm: fx.GraphModule
+    recipe: Recipe
+    batches: list[tuple[Any, ...]] = field(default_factory=list)
+    current: dict[str, LayerPrecision] = field(default_factory=dict)
+    progress: bool = True
+    report: dict[str, Any] = field(default_factory=dict)
+
+
 class Policy(ABC):
+    """Base of every precision policy; subclasses are frozen dataclasses holding their config."""
+
     @abstractmethod
-    def assign(self, sites: list[Site]) -> dict[str, LayerPrecision]:
+    def assign(self, sites: list[Site], ctx: PolicyContext) -> dict[str, LayerPrecision]:
         """node name -> precision, for the sites this policy has an opinion on."""
 
 
@@ -31,7 +50,7 @@ class Uniform(Policy):
 
     precision: LayerPrecision
 
-    def assign(self, sites: list[Site]) -> dict[str, LayerPrecision]:
+    def assign(self, sites: list[Site], ctx: PolicyContext) -> dict[str, LayerPrecision]:
         return {s.node.name: self.precision for s in sites}
 
 
@@ -42,7 +61,7 @@ class KeepFloat(Policy):
 
     patterns: tuple[str, ...]
 
-    def assign(self, sites: list[Site]) -> dict[str, LayerPrecision]:
+    def assign(self, sites: list[Site], ctx: PolicyContext) -> dict[str, LayerPrecision]:
         out = {}
         for s in sites:
             hit = next((p for p in self.patterns if fnmatch.fnmatchcase(s.fqn, p)), None)
@@ -52,12 +71,25 @@ class KeepFloat(Policy):
 
 
 def recipe_policies(recipe: Recipe) -> list[Policy]:
-    return [Uniform(recipe.precision), KeepFloat(recipe.keep_float)]
+    """The recipe's default precision, its ``keep_float`` globs, then its own policies."""
+    return [Uniform(recipe.precision), KeepFloat(recipe.keep_float), *recipe.policies]
 
 
-def assign_precisions(sites: list[Site], policies: list[Policy]) -> dict[str, LayerPrecision]:
+def assign_precisions(sites: list[Site], policies: list[Policy],
+                      ctx: PolicyContext) -> dict[str, LayerPrecision]:
     """Apply ``policies`` in order (later ones win); sites nobody assigns stay float."""
-    result = {s.node.name: LayerPrecision(reason="no policy assigned it") for s in sites}
+    ctx.current = {s.node.name: LayerPrecision(reason="no policy assigned it") for s in sites}
     for policy in policies:
-        result.update(policy.assign(sites))
-    return result
+        try:
+            name = POLICIES.name_of(policy)
+        except KeyError:
+            name = type(policy).__name__
+        try:
+            assigned = policy.assign(sites, ctx)
+        except Exception as exc:
+            raise RuntimeError(
+                f"precision policy {name!r} ({type(policy).__module__}.{type(policy).__name__}) "
+                f"raised {type(exc).__name__}: {exc}. Fix or remove this policy from the "
+                "recipe's policies") from exc
+        ctx.current.update(assigned)
+    return ctx.current

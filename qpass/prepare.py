@@ -4,16 +4,19 @@ from __future__ import annotations
 
 import copy
 import logging
+from collections.abc import Iterable
 from typing import Any
 
 import torch
 import torch.fx as fx
 
+from qpass.calibrate.calibrate import CalibrationDataError, check_batch
 from qpass.capture import as_tuple, capture
 from qpass.config import QuantSpec, Recipe
 from qpass.observe import make_observer
 from qpass.observe.module import ObserverModule
-from qpass.policy import assign_precisions, recipe_policies
+from qpass.passes import PassContext, run_passes
+from qpass.policy import PolicyContext, assign_precisions, recipe_policies
 from qpass.quantizable import Site, find_sites
 from qpass.recipes import resolve_recipe
 from qpass.state import META_KEY, InputSig, QpassState
@@ -57,14 +60,32 @@ def _insert_observers(gm: fx.GraphModule, sites: list[Site], state: QpassState) 
         gm.get_submodule(str(node.target)).consumers = tuple(consumers[key])
 
 
+def _batches(calib_data: Iterable[Any] | None, sigs: tuple[InputSig, ...] | None) -> list[tuple]:
+    if calib_data is None:
+        return []
+    if isinstance(calib_data, torch.Tensor):
+        raise CalibrationDataError(
+            "calibration data is a single tensor; pass a list of batches, e.g. [ids] or "
+            "list(ids.split(1)) for one sequence per batch")
+    batches = [as_tuple(b) for b in calib_data]
+    for i, b in enumerate(batches):
+        check_batch(i, b, sigs)
+    return batches
+
+
 def prepare(
     model_or_gm: torch.nn.Module,
     recipe: str | Recipe | dict,
     example_inputs: Any = None,
     *,
+    calib_data: Iterable[Any] | None = None,
     dynamic_shapes: Any = None,
+    progress: bool = True,
 ) -> fx.GraphModule:
-    """Capture (if needed), assign precisions and insert observers. The input is not modified."""
+    """Capture (if needed), run the recipe's float passes, assign precisions, run its weight
+    passes and insert observers. ``calib_data`` feeds the passes and policies that need data
+    (SmoothQuant, sensitivity, GPTQ ...); the observers still see data only in
+    ``qpass.calibrate``. The input is not modified."""
     recipe = resolve_recipe(recipe)
     args = as_tuple(example_inputs) if example_inputs is not None else None
     if isinstance(model_or_gm, fx.GraphModule):
@@ -73,14 +94,22 @@ def prepare(
         raise ValueError("qpass.prepare needs example_inputs to capture an nn.Module")
     else:
         gm = capture(model_or_gm, args, dynamic_shapes=dynamic_shapes)
+    sigs = _input_sigs(gm, args)
+    ctx = PassContext(recipe, _batches(calib_data, sigs), progress=progress)
+    gm = run_passes(gm, "float", ctx)
     sites = find_sites(gm)
     if not sites:
         log.warning("qpass.prepare found no linear/matmul op with a constant weight to quantize")
+    policy_ctx = PolicyContext(gm, recipe, ctx.batches, progress=progress)
+    ctx.precisions = assign_precisions(sites, recipe_policies(recipe), policy_ctx)
+    gm = run_passes(gm, "weights", ctx)
+    sites = find_sites(gm)
     state = QpassState(
         recipe=recipe,
-        precisions=assign_precisions(sites, recipe_policies(recipe)),
+        precisions=ctx.precisions,
         fqns={s.node.name: s.fqn for s in sites},
-        inputs=_input_sigs(gm, args),
+        inputs=sigs,
+        reports={"passes": ctx.reports, "policies": policy_ctx.report},
     )
     _insert_observers(gm, sites, state)
     gm.meta[META_KEY] = state

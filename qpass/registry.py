@@ -67,6 +67,14 @@ class Registry(Generic[T]):
             )
         return self._items[name]
 
+    def name_of(self, obj: object) -> str:
+        """The name ``obj`` (or its class) is registered under; ``KeyError`` if none."""
+        for name, item in self._items.items():
+            if item is obj or item is type(obj):
+                return name
+        raise KeyError(f"{obj!r} is not a registered {self.kind}; register its class with "
+                       f"@{self.kind.upper()}S.register(name) so recipes can name it")
+
     def names(self) -> list[str]:
         self._load_plugins()
         return sorted(self._items)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 import torch.fx as fx
@@ -28,6 +29,7 @@ class QpassState:
     inputs: tuple[InputSig, ...] | None
     observers: dict[str, str] = field(default_factory=dict)  # observer module -> input node
     calibrated_batches: int = 0
+    reports: dict[str, Any] = field(default_factory=dict)  # passes' and policies' reports
     phase: str = "prepared"  # prepared | calibrated | converted
 
 
