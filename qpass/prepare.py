@@ -94,6 +94,8 @@ def prepare(
         raise ValueError("qpass.prepare needs example_inputs to capture an nn.Module")
     else:
         gm = capture(model_or_gm, args, dynamic_shapes=dynamic_shapes)
+        if recipe.passes:  # the captured graph shares the model's tensors; passes write them
+            gm = copy.deepcopy(gm)
     sigs = _input_sigs(gm, args)
     ctx = PassContext(recipe, _batches(calib_data, sigs), progress=progress)
     gm = run_passes(gm, "float", ctx)
