@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import typing
 from dataclasses import dataclass, field
 from typing import Any
@@ -102,27 +103,72 @@ class QuantSpec:
         return cls(**d)
 
 
+OUTLIER_MODES = ("static", "dynamic")
+
+
 @dataclass(frozen=True)
 class LayerPrecision:
-    """What one op gets. ``weight=None`` and ``activation=None`` together mean: stay float."""
+    """What one op gets. ``weight=None`` and ``activation=None`` together mean: stay float.
+
+    ``outlier_threshold`` turns on the LLM.int8() split (``qpass.policies.llm_int8``): input
+    columns whose |x| exceeds it stay float, the rest run through the quantized path.
+    ``outlier_mode="static"`` uses the ``outlier_columns`` fixed at calibration;
+    ``"dynamic"`` finds the columns from each batch at run time, as bitsandbytes does.
+    """
 
     weight: QuantSpec | None = None
     activation: QuantSpec | None = None
     reason: str = ""
+    outlier_threshold: float | None = None
+    outlier_mode: str = "static"
+    outlier_columns: tuple[int, ...] | None = None
 
     def __post_init__(self) -> None:
         a = self.activation
         if a is not None and not a.dynamic and isinstance(a.granularity, (PerChannel, PerGroup)):
             raise _bad("LayerPrecision", "activation.granularity", a.granularity,
                        "PerTensor() for static activations, PerToken() for dynamic ones")
+        self._check_outliers()
+
+    def _check_outliers(self) -> None:
+        t, cols = self.outlier_threshold, self.outlier_columns
+        if self.outlier_mode not in OUTLIER_MODES:
+            raise _bad("LayerPrecision", "outlier_mode", self.outlier_mode,
+                       ", ".join(OUTLIER_MODES))
+        if t is not None and (isinstance(t, bool) or not isinstance(t, int | float)
+                              or not math.isfinite(t) or t <= 0):
+            raise _bad("LayerPrecision", "outlier_threshold", t,
+                       "a positive finite number (LLM.int8() uses 6.0), or None for no split")
+        if t is not None and self.weight is None:
+            raise _bad("LayerPrecision", "weight", None,
+                       "a weight spec when outlier_threshold is set (the split needs a "
+                       "quantized path)")
+        if t is not None and _is_static(self.activation):
+            raise _bad("LayerPrecision", "activation.dynamic", False,
+                       "dynamic activations (or activation=None) with outlier_threshold: a "
+                       "static range would be calibrated with the outlier columns in it")
+        if cols is None:
+            return
+        if not isinstance(cols, tuple | list) or not all(
+                isinstance(c, int) and not isinstance(c, bool) and c >= 0 for c in cols):
+            raise _bad("LayerPrecision", "outlier_columns", cols,
+                       "a sequence of non-negative column indices, or None")
+        if t is None or self.outlier_mode != "static":
+            raise _bad("LayerPrecision", "outlier_columns", cols,
+                       "None unless outlier_threshold is set and outlier_mode is 'static'")
+        object.__setattr__(self, "outlier_columns", tuple(sorted(set(cols))))
 
     @property
     def is_float(self) -> bool:
         return self.weight is None and self.activation is None
 
     def to_dict(self) -> dict[str, Any]:
-        out = {"weight": self.weight and self.weight.to_dict(),
-               "activation": self.activation and self.activation.to_dict()}
+        out: dict[str, Any] = {"weight": self.weight and self.weight.to_dict(),
+                               "activation": self.activation and self.activation.to_dict()}
+        if self.outlier_threshold is not None:
+            out.update(outlier_threshold=self.outlier_threshold, outlier_mode=self.outlier_mode,
+                       outlier_columns=None if self.outlier_columns is None
+                       else list(self.outlier_columns))
         return {**out, "reason": self.reason} if self.reason else out
 
     @classmethod
@@ -132,7 +178,14 @@ class LayerPrecision:
         for role in ("weight", "activation"):
             if d.get(role):
                 d[role] = QuantSpec.from_dict(d[role], f"{where}.{role}")
+        if d.get("outlier_columns") is not None:
+            d["outlier_columns"] = tuple(d["outlier_columns"])
         return cls(**d)
+
+
+def _is_static(spec: QuantSpec | None) -> bool:
+    """True for a quantized activation whose range is calibrated ahead of time."""
+    return spec is not None and not spec.dynamic
 
 
 FLOAT = LayerPrecision(reason="float")
@@ -250,6 +303,9 @@ def _typed(v: Any, hint: Any, where: str) -> Any:
     if v is None:
         return None
     args = [a for a in typing.get_args(hint) if a is not type(None)]
+    from_dict = getattr(hint, "from_dict", None)
+    if isinstance(hint, type) and callable(from_dict) and isinstance(v, dict):
+        return from_dict(v, where)  # any config class with from_dict(d, where), e.g. a Rule
     if hint is LayerPrecision or LayerPrecision in args:
         return v if isinstance(v, LayerPrecision) else LayerPrecision.from_dict(v, where)
     if hint is QuantSpec or QuantSpec in args:

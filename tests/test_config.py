@@ -59,3 +59,27 @@ def test_registry_lists_known_names_and_suggests():
 def test_resolve_recipe_rejects_other_types():
     with pytest.raises(TypeError, match="recipe must be a name, a dict or a qpass.Recipe"):
         qpass.resolve_recipe(42)
+
+
+def test_layer_precision_outlier_fields_validate_and_round_trip():
+    w = QuantSpec(granularity=PerChannel(0))
+    a = QuantSpec(granularity=PerToken(), dynamic=True)
+    p = LayerPrecision(w, a, outlier_threshold=6.0, outlier_columns=[9, 2, 2])
+    assert p.outlier_columns == (2, 9)
+    assert p.to_dict()["outlier_columns"] == [2, 9]
+    assert LayerPrecision.from_dict(p.to_dict()) == p
+    dyn = LayerPrecision(w, a, outlier_threshold=4.0, outlier_mode="dynamic")
+    assert LayerPrecision.from_dict(dyn.to_dict()) == dyn
+    assert "outlier_threshold" not in LayerPrecision(w).to_dict()
+    with pytest.raises(ValueError, match=r"LayerPrecision.outlier_threshold=0.*positive finite"):
+        LayerPrecision(w, a, outlier_threshold=0)
+    with pytest.raises(ValueError, match=r"LayerPrecision.outlier_mode='sometimes'"):
+        LayerPrecision(w, a, outlier_threshold=6.0, outlier_mode="sometimes")
+    with pytest.raises(ValueError, match=r"LayerPrecision.weight=None.*outlier_threshold"):
+        LayerPrecision(outlier_threshold=6.0)
+    with pytest.raises(ValueError, match=r"LayerPrecision.activation.dynamic=False"):
+        LayerPrecision(w, QuantSpec(granularity=PerTensor()), outlier_threshold=6.0)
+    with pytest.raises(ValueError, match=r"LayerPrecision.outlier_columns=\(1,\).*None unless"):
+        LayerPrecision(w, a, outlier_columns=(1,))
+    with pytest.raises(ValueError, match=r"LayerPrecision.outlier_columns=\(-1,\)"):
+        LayerPrecision(w, a, outlier_threshold=6.0, outlier_columns=(-1,))

@@ -23,7 +23,8 @@ import torch.fx as fx
 from qpass import ops
 from qpass.capture.fqn import describe
 from qpass.config import LayerPrecision, QuantSpec
-from qpass.convert.weights import quantize_weight
+from qpass.convert.outliers import rewrite_outlier_site
+from qpass.convert.weights import QuantizedWeight, quantize_weight
 from qpass.observe.module import ObserverModule
 from qpass.quantizable import WEIGHTED_OPS, canonical_weight, fetch_attr
 from qpass.state import get_state
@@ -35,9 +36,11 @@ aten = torch.ops.aten
 class _Builder:
     """Adds buffers and Q/DQ nodes to one GraphModule."""
 
-    def __init__(self, gm: fx.GraphModule) -> None:
+    def __init__(self, gm: fx.GraphModule,
+                 recorded: dict[str, QuantizedWeight] | None = None) -> None:
         self.gm = gm
         self.act_cache: dict[str, fx.Node] = {}
+        self.recorded = recorded or {}  # node name -> integers a pass chose (GPTQ)
 
     def buffer(self, name: str, t: torch.Tensor) -> fx.Node:
         base = name if name.startswith("qpass_") else "qpass_" + name
@@ -84,10 +87,7 @@ def _rewrite_site(b: _Builder, node: fx.Node, prec: LayerPrecision, fqn: str) ->
     w_node = node.args[op.weight_arg]
     weight = canonical_weight(fetch_attr(b.gm, str(w_node.target)), op)
     assert prec.weight is not None
-    try:
-        qw = quantize_weight(weight, prec.weight)
-    except ValueError as exc:
-        raise ValueError(f"cannot quantize the weight of {describe(node)}: {exc}") from exc
+    qw = _site_weight(b, node, weight, prec.weight)
     graph = b.gm.graph
     with graph.inserting_before(node):
         x = node.args[op.activation_arg]
@@ -112,6 +112,23 @@ def _rewrite_site(b: _Builder, node: fx.Node, prec: LayerPrecision, fqn: str) ->
     node.replace_all_uses_with(y)
     graph.erase_node(node)
     return str(w_node.target)
+
+
+def _site_weight(b: _Builder, node: fx.Node, weight: torch.Tensor,
+                 spec: QuantSpec) -> QuantizedWeight:
+    """The integers a weights pass recorded for this site (GPTQ), else round to nearest."""
+    qw = b.recorded.get(node.name)
+    if qw is None:
+        try:
+            return quantize_weight(weight, spec)
+        except ValueError as exc:
+            raise ValueError(f"cannot quantize the weight of {describe(node)}: {exc}") from exc
+    if qw.format != spec.format or not torch.equal(qw.dequantize().T.to(weight.dtype), weight):
+        raise ValueError(
+            f"the {qw.format} integers a pass recorded for {describe(node)} no longer match its "
+            f"weight (spec format {spec.format}): something changed the weight after they were "
+            "chosen. Put GPTQ last among the recipe's weights passes")
+    return qw
 
 
 def _drop_observers_and_dead_weights(gm: fx.GraphModule, replaced: set[str]) -> None:
@@ -143,13 +160,16 @@ def convert(prepared: fx.GraphModule) -> fx.GraphModule:
                          "calibrated: call qpass.calibrate(prepared, batches) before convert")
     gm = copy.deepcopy(prepared)
     state = copy.copy(get_state(gm, "convert"))
-    builder = _Builder(gm)
+    builder = _Builder(gm, state.quantized_weights)
+    state.quantized_weights = {}  # stored as buffers below; the converted state keeps none
     nodes = {n.name: n for n in gm.graph.nodes}
     replaced = set()
     with torch.no_grad():
         for name, prec in state.precisions.items():
-            if not prec.is_float:
-                replaced.add(_rewrite_site(builder, nodes[name], prec, state.fqns[name]))
+            if prec.is_float:
+                continue
+            rewrite = _rewrite_site if prec.outlier_threshold is None else rewrite_outlier_site
+            replaced.add(rewrite(builder, nodes[name], prec, state.fqns[name]))
     _drop_observers_and_dead_weights(gm, replaced)
     state.phase = "converted"
     gm.meta["qpass"] = state
