@@ -8,6 +8,7 @@
 """
 
 from qpass import observe as _observe  # noqa: F401  (registers built-in observers)
+from qpass import policies as _policies  # noqa: F401  (registers built-in policies)
 from qpass.calibrate import CalibrationDataError, calibrate
 from qpass.capture import CaptureError, capture
 from qpass.config import (
@@ -22,6 +23,7 @@ from qpass.config import (
 from qpass.convert import convert
 from qpass.observe.module import NonFiniteActivationError
 from qpass.pipeline import quantize
+from qpass.policies import precision_report
 from qpass.prepare import prepare
 from qpass.recipes import RECIPES, resolve_recipe
 
@@ -30,8 +32,8 @@ __version__ = "0.1.0"
 __all__ = [
     "RECIPES", "CalibrationDataError", "CaptureError", "LayerPrecision",
     "NonFiniteActivationError", "PerChannel", "PerGroup", "PerTensor", "PerToken", "QuantSpec",
-    "Recipe", "calibrate", "capture", "convert", "prepare", "quantize", "resolve_recipe",
-    "__version__",
+    "Recipe", "calibrate", "capture", "convert", "precision_report", "prepare", "quantize",
+    "resolve_recipe", "__version__",
 ]
 
 

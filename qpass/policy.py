@@ -2,7 +2,12 @@
 
 A Policy looks at the graph's quantization sites and returns assignments for some of them;
 policies run in order and later ones win. Plugins register with ``@POLICIES.register`` or the
-``qpass.policies`` entry-point group.
+``qpass.policies`` entry-point group. The built-in policies beyond ``uniform`` and
+``keep_float`` live in ``qpass.policies`` (rules, keep_sensitive, sensitivity, llm_int8).
+
+``assign_precisions`` records, in ``ctx.report``, each site's FQN, op type and weight size
+(``"sites"``) and the policies that assigned it, in order (``"assigned_by"``); each policy
+writes its own findings under its registered name. ``qpass.precision_report`` reads them.
 """
 
 from __future__ import annotations
@@ -15,7 +20,7 @@ from typing import Any
 import torch.fx as fx
 
 from qpass.config import LayerPrecision, Recipe
-from qpass.quantizable import Site
+from qpass.quantizable import Site, fetch_attr
 from qpass.registry import Registry
 
 POLICIES: Registry[type[Policy]] = Registry("policy", "qpass.policies")
@@ -79,6 +84,9 @@ def assign_precisions(sites: list[Site], policies: list[Policy],
                       ctx: PolicyContext) -> dict[str, LayerPrecision]:
     """Apply ``policies`` in order (later ones win); sites nobody assigns stay float."""
     ctx.current = {s.node.name: LayerPrecision(reason="no policy assigned it") for s in sites}
+    ctx.report["sites"] = {s.node.name: {"fqn": s.fqn, "op": s.op_type, "weights": fetch_attr(
+        ctx.gm, str(s.weight_node.target)).numel()} for s in sites}
+    history: dict[str, list[str]] = ctx.report.setdefault("assigned_by", {})
     for policy in policies:
         try:
             name = POLICIES.name_of(policy)
@@ -92,4 +100,6 @@ def assign_precisions(sites: list[Site], policies: list[Policy],
                 f"raised {type(exc).__name__}: {exc}. Fix or remove this policy from the "
                 "recipe's policies") from exc
         ctx.current.update(assigned)
+        for node_name in assigned:
+            history.setdefault(node_name, []).append(name)
     return ctx.current

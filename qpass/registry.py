@@ -69,9 +69,13 @@ class Registry(Generic[T]):
 
     def name_of(self, obj: object) -> str:
         """The name ``obj`` (or its class) is registered under; ``KeyError`` if none."""
-        for name, item in self._items.items():
-            if item is obj or item is type(obj):
-                return name
+        for _ in range(2):  # a plugin's class may be used before its entry point was loaded
+            for name, item in self._items.items():
+                if item is obj or item is type(obj):
+                    return name
+            if self._plugins_loaded:
+                break
+            self._load_plugins()
         raise KeyError(f"{obj!r} is not a registered {self.kind}; register its class with "
                        f"@{self.kind.upper()}S.register(name) so recipes can name it")
 
