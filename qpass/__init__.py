@@ -9,6 +9,7 @@
 
 from qpass import observe as _observe  # noqa: F401  (registers built-in observers)
 from qpass import policies as _policies  # noqa: F401  (registers built-in policies)
+from qpass import transform as _transform  # noqa: F401  (registers built-in passes)
 from qpass.calibrate import CalibrationDataError, calibrate
 from qpass.capture import CaptureError, capture
 from qpass.config import (
@@ -21,19 +22,21 @@ from qpass.config import (
     Recipe,
 )
 from qpass.convert import convert
+from qpass.lower import lower
 from qpass.observe.module import NonFiniteActivationError
 from qpass.pipeline import quantize
 from qpass.policies import precision_report
 from qpass.prepare import prepare
 from qpass.recipes import RECIPES, resolve_recipe
+from qpass.transform.smoothquant import SmoothQuant
 
 __version__ = "0.1.0"
 
 __all__ = [
     "RECIPES", "CalibrationDataError", "CaptureError", "LayerPrecision",
     "NonFiniteActivationError", "PerChannel", "PerGroup", "PerTensor", "PerToken", "QuantSpec",
-    "Recipe", "calibrate", "capture", "convert", "precision_report", "prepare", "quantize",
-    "resolve_recipe", "__version__",
+    "Recipe", "SmoothQuant", "calibrate", "capture", "convert", "lower", "precision_report",
+    "prepare", "quantize", "resolve_recipe", "__version__",
 ]
 
 

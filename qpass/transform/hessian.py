@@ -1,0 +1,71 @@
+"""The layer Hessian GPTQ needs, H = 2 XᵀX / n, and its damped inverse Cholesky factor.
+
+For a linear ``y = x Wᵀ`` and the layer-wise loss ||X Wᵀ - X Ŵᵀ||², the Hessian with respect
+to each row of W is H = 2 XᵀX (Frantar et al., GPTQ), accumulated here in float64 over every
+calibration token. Dividing by the token count n does not change GPTQ's result (damping is
+relative to mean(diag H)) and keeps the numbers comparable across data sizes.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import torch
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Hessian:
+    """Streaming H = 2 XᵀX / n for one activation X [..., K]."""
+
+    h: torch.Tensor  # [K, K] float64, the sum of xᵀx so far
+    tokens: int = 0
+
+    @classmethod
+    def empty(cls, k: int) -> Hessian:
+        return cls(torch.zeros(k, k, dtype=torch.float64))
+
+    def update(self, x: torch.Tensor) -> None:
+        x2 = x.detach().reshape(-1, x.shape[-1]).double()  # x: [tokens, K]
+        self.h.addmm_(x2.T, x2)
+        self.tokens += x2.shape[0]
+
+    @property
+    def value(self) -> torch.Tensor:
+        return self.h * (2.0 / max(self.tokens, 1))
+
+
+class HessianError(ValueError):
+    """H cannot be factored: GPTQ has no error-feedback direction for this layer."""
+
+
+def inverse_cholesky(h: torch.Tensor, percdamp: float, where: str,
+                     tokens: int) -> tuple[torch.Tensor, int]:
+    """Upper Cholesky factor U of (H + λI)⁻¹ with λ = ``percdamp`` · mean(diag H), and the
+    number of dead input features (never active on the calibration data: H_ii = 0, given
+    H_ii = 1 so that they decouple and are rounded to nearest).
+
+    ``where`` names the layer for errors. H is not modified.
+    """
+    h = h.clone()
+    k = h.shape[0]
+    if not torch.isfinite(h).all():
+        raise HessianError(
+            f"GPTQ: the Hessian of {where} holds NaN or Inf (its input overflowed on the "
+            "calibration data); check the model and the batches, or keep this layer float")
+    dead = torch.diagonal(h) == 0
+    h[dead, dead] = 1.0
+    damp = percdamp * torch.diagonal(h).mean()
+    h.diagonal().add_(damp)
+    for step, what in enumerate(("H + λI", "(H + λI)⁻¹")):
+        factor, info = torch.linalg.cholesky_ex(h)
+        if int(info) != 0:
+            raise HessianError(
+                f"GPTQ: {what} of {where} is not positive definite (Cholesky fails at column "
+                f"{int(info) - 1} of {k}) with percdamp={percdamp}; the layer saw {tokens} "
+                f"calibration tokens for {k} input features. Raise GPTQ.percdamp (e.g. to "
+                f"{max(10 * percdamp, 0.01):g}) or give more calibration data")
+        h = torch.cholesky_inverse(factor) if step == 0 else factor
+    return h.T.contiguous(), int(dead.sum())  # upper factor: (H+λI)⁻¹ = Uᵀ U

@@ -1,0 +1,83 @@
+"""Run every calibration batch through a graph together, node by node, stopping at chosen ops.
+
+GPTQ and AWQ change one layer at a time and need the real inputs of each layer as the model
+computes them with the earlier layers already changed. ``LayerwiseWalk`` gives exactly that at
+the cost of about one forward pass: it evaluates the graph in topological order for all
+batches at once (one ``fx.Interpreter`` environment per batch), keeps only live values (each
+is freed after its last use) and, when it reaches a watched node, calls back with the node's
+inputs over all batches *before* computing it. The callback may rewrite weights in place and
+replace live values (AWQ divides a smoothed activation by its scale); the node is then
+computed with the new weights, so every later layer sees the changed model.
+
+Memory: the model, plus the live values of one point of the graph for every batch (a few
+residual-stream tensors); it does not grow with the number of layers. The walk stops after
+the last watched node, so nothing past it (``lm_head``, the loss) is computed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import torch
+import torch.fx as fx
+from tqdm.auto import tqdm
+
+
+class LayerwiseWalk:
+    """Evaluate ``gm`` on ``batches`` (tuples of positional inputs) node by node."""
+
+    def __init__(self, gm: fx.GraphModule, batches: list[tuple[Any, ...]]) -> None:
+        if not batches:
+            raise ValueError("a layer-wise walk needs at least one calibration batch")
+        self.gm = gm
+        self.interps = []
+        for batch in batches:
+            interp = fx.Interpreter(gm, garbage_collect_values=True)
+            interp.args_iter = iter(batch)
+            self.interps.append(interp)
+
+    def values(self, node: fx.Node) -> list[Any]:
+        """The value of ``node`` in every batch (it must be live: computed, not yet freed)."""
+        try:
+            return [interp.env[node] for interp in self.interps]
+        except KeyError:
+            raise ValueError(f"{node.format_node()} has no live value in the layer-wise walk "
+                             "(not computed yet, or freed after its last use)") from None
+
+    def replace(self, node: fx.Node, values: Iterable[Any]) -> None:
+        """Give the live ``node`` new values, one per batch."""
+        values = list(values)
+        if len(values) != len(self.interps):
+            raise ValueError(f"replace({node.name}) got {len(values)} values for "
+                             f"{len(self.interps)} batches")
+        for interp, v in zip(self.interps, values, strict=True):
+            interp.env[node] = v
+
+    def run(self, watched: Iterable[fx.Node], before: Callable[[fx.Node], None],
+            progress: bool = False, desc: str = "qpass layer-wise") -> None:
+        """Walk the graph; call ``before(node)`` for each node of ``watched`` just before it is
+        computed. Stops after the last watched node."""
+        todo = set(watched)
+        nodes = list(self.gm.graph.nodes)
+        last_uses = self.interps[0].user_to_last_uses
+        bar = tqdm(total=len(todo), desc=desc, disable=not progress, unit="layer")
+        with torch.no_grad(), bar:
+            for node in nodes:
+                if not todo:
+                    break
+                if node.op == "output":
+                    break
+                if node in todo:
+                    before(node)
+                    todo.discard(node)
+                    bar.update(1)
+                for interp in self.interps:
+                    interp.env[node] = interp.run_node(node)
+                    for dead in last_uses.get(node, []):
+                        del interp.env[dead]
+        if todo:
+            names = ", ".join(sorted(n.name for n in todo))
+            raise ValueError(f"the layer-wise walk never reached {names}: they are not nodes of "
+                             "the graph it walked")
+        self.interps = []  # free the remaining live values
