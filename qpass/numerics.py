@@ -46,6 +46,10 @@ FORMATS: dict[str, Format] = {
         Format("uint8", "int", 0, 255, torch.uint8, 8),
         Format("int4", "int", -8, 7, torch.int8, 4),
         Format("uint4", "int", 0, 15, torch.uint8, 4),
+        # 3-bit codes (GPTQ/AWQ W3A16) live in the 4-bit storage: ONNX and the kernels
+        # read them as int4/uint4 values that never leave the 3-bit range
+        Format("int3", "int", -4, 3, torch.int8, 3),
+        Format("uint3", "int", 0, 7, torch.uint8, 3),
         Format("fp8_e4m3", "float", -448.0, 448.0, torch.float8_e4m3fn, 8),
         Format("fp8_e5m2", "float", -57344.0, 57344.0, torch.float8_e5m2, 8),
     )

@@ -44,13 +44,20 @@ STAGES = ("float", "weights")
 @dataclass
 class PassContext:
     """What a pass may read: the recipe, the calibration batches (tuples of positional
-    inputs), the precisions (``None`` during the float stage) and the other passes' reports."""
+    inputs), the precisions (``None`` during the float stage) and the other passes' reports.
+
+    ``quantized_weights`` (node name -> ``qpass.convert.weights.QuantizedWeight``) is where a
+    weights-stage pass that chooses the integers itself (GPTQ) hands them to convert, which
+    stores them instead of rounding the float weight to nearest. Such a pass also writes the
+    dequantized weight into the graph, so the prepared model computes what convert will store.
+    """
 
     recipe: Recipe
     batches: list[tuple[Any, ...]]
     precisions: dict[str, LayerPrecision] | None = None
     progress: bool = True
     reports: dict[str, Any] = field(default_factory=dict)
+    quantized_weights: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

@@ -112,6 +112,7 @@ def prepare(
         fqns={s.node.name: s.fqn for s in sites},
         inputs=sigs,
         reports={"passes": ctx.reports, "policies": policy_ctx.report},
+        quantized_weights=ctx.quantized_weights,
     )
     _insert_observers(gm, sites, state)
     gm.meta[META_KEY] = state

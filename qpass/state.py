@@ -30,6 +30,8 @@ class QpassState:
     observers: dict[str, str] = field(default_factory=dict)  # observer module -> input node
     calibrated_batches: int = 0
     reports: dict[str, Any] = field(default_factory=dict)  # passes' and policies' reports
+    # node name -> QuantizedWeight chosen by a pass (GPTQ); convert stores these integers
+    quantized_weights: dict[str, Any] = field(default_factory=dict)
     phase: str = "prepared"  # prepared | calibrated | converted
 
 
