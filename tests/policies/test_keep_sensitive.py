@@ -62,3 +62,14 @@ def test_keep_sensitive_bad_input():
     torch.manual_seed(0)
     with pytest.warns(UserWarning, match=r"layers pattern 'nope\*' matched no quantizable op"):
         _precisions(Head(), KeepSensitive(layers=("nope*",)))
+
+
+@pytest.mark.real
+def test_smollm2_tied_head_is_the_only_float_layer(smollm2):
+    recipe = qpass.resolve_recipe("w8a16").replace(keep_float=(), policies=(KeepSensitive(),))
+    prepared = qpass.prepare(smollm2.module, recipe, smollm2.example_inputs)
+    rows = qpass.precision_report(prepared)
+    assert len(rows) == 211
+    floats = [r for r in rows if r["float"]]
+    assert [r["fqn"] for r in floats] == ["model.lm_head"]
+    assert floats[0]["reason"] == "keep_sensitive: an embedding (or tied to one)"

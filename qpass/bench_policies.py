@@ -1,0 +1,202 @@
+"""``python -m qpass.bench_policies smollm2``: precision policies on a real LLM, side by side.
+
+Same protocol as ``qpass.bench`` (calibration 8x512 tokens, evaluation 12x512 tokens of a
+disjoint part of the Wikipedia text). Rows (``--rows`` picks some):
+
+- ``fp32``, ``w8a8_dynamic``, ``w8a8_static``: the references;
+- ``llm_int8_static`` / ``llm_int8_dynamic``: LLM.int8() (threshold ``--threshold``) on
+  ``w8a8_dynamic``; the fraction of input columns kept float; with ``--onnx`` also the ONNX
+  export's perplexity in ONNX Runtime;
+- ``w8a8_static_sensitivity``: ``w8a8_static`` plus the sensitivity policy keeping the worst
+  layers float within ``--budget`` of the quantized linears' weights. ``--validate N``
+  checks its linearized score against quantizing each of N sites alone (one forward each).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+import torch.fx as fx
+
+import qpass
+from qpass.bench import BENCH_MODELS
+from qpass.eval import load_model, perplexity, wikipedia_token_slices
+from qpass.eval.parity import compare
+from qpass.policies import LlmInt8, Sensitivity
+from qpass.policies.simulate import simulated_matmul
+from qpass.quantizable import canonical_weight, find_sites
+
+log = logging.getLogger("qpass.bench_policies")
+ROWS = ("fp32", "w8a8_dynamic", "llm_int8_static", "llm_int8_dynamic", "w8a8_static",
+        "w8a8_static_sensitivity")
+
+
+@dataclass
+class Row:
+    name: str
+    ppl: float
+    quantize_s: float = 0.0
+    float_weight_fraction: float | None = None  # of the linears' weights, lm_head excluded
+    float_column_fraction: float | None = None
+    onnx_ppl: float | None = None
+    onnx_rel_diff: float | None = None
+
+
+def _args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m qpass.bench_policies", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("model", choices=sorted(BENCH_MODELS))
+    p.add_argument("--rows", nargs="+", default=list(ROWS), choices=ROWS)
+    p.add_argument("--threshold", type=float, default=6.0)
+    p.add_argument("--budget", type=float, default=0.05)
+    p.add_argument("--probes", type=int, default=8)
+    p.add_argument("--onnx", action="store_true", help="export llm_int8 rows, run them in ORT")
+    p.add_argument("--validate", type=int, default=0, metavar="N")
+    p.add_argument("--calib-windows", type=int, default=8)
+    p.add_argument("--eval-windows", type=int, default=12)
+    p.add_argument("--window", type=int, default=512)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--out", type=Path, default=Path("exports/bench_policies"))
+    return p.parse_args(argv)
+
+
+def _recipe(name: str, a: argparse.Namespace) -> qpass.Recipe:
+    if name.startswith("llm_int8"):
+        mode = name.rsplit("_", 1)[1]
+        return qpass.resolve_recipe("w8a8_dynamic").replace(
+            name=name, policies=(LlmInt8(a.threshold, mode=mode),))
+    if name == "w8a8_static_sensitivity":
+        return qpass.resolve_recipe("w8a8_static").replace(
+            name=name, policies=(Sensitivity(float_budget=a.budget, probes=a.probes),))
+    return qpass.resolve_recipe(name)
+
+
+def _float_weight_fraction(q: fx.GraphModule) -> float:
+    rows = [r for r in qpass.precision_report(q) if "keep_float" not in r["reason"]]
+    total = sum(r["weights"] for r in rows)
+    return sum(r["weights"] for r in rows if r["float"]) / total
+
+
+def _row(name: str, a, gm, example, batches, evals) -> tuple[Row, fx.GraphModule]:
+    start = time.perf_counter()
+    q = qpass.quantize(gm, _recipe(name, a), batches, example)
+    row = Row(name, math.nan, time.perf_counter() - start, _float_weight_fraction(q))
+    llm_int8 = q.meta["qpass"].reports["policies"].get("llm_int8", {})
+    row.float_column_fraction = llm_int8.get("float_column_fraction")
+    if a.onnx and name.startswith("llm_int8"):
+        path = qpass.export_onnx(q, example, a.out / f"{name}.onnx")
+        parity = compare(q, path, evals, threads=a.threads, progress=True)
+        row.ppl, row.onnx_ppl, row.onnx_rel_diff = (parity.reference_ppl, parity.candidate_ppl,
+                                                    parity.ppl_rel_diff)
+    else:
+        row.ppl = perplexity(q, evals, progress=True)
+    log.info("%s: PPL %.4f (%.0f s)", name, row.ppl, time.perf_counter() - start)
+    return row, q
+
+
+class _OneSite(fx.Interpreter):
+    """The float graph with one site replaced by what its quantized form computes."""
+
+    def __init__(self, gm, site, prec) -> None:
+        super().__init__(gm)
+        self.site, self.prec = site, prec
+
+    def run_node(self, n):
+        out = super().run_node(n)
+        if n is not self.site.node:
+            return out
+        args, _ = self.fetch_args_kwargs_from_env(n)
+        x, w = args[self.site.op.activation_arg], args[self.site.op.weight_arg]
+        w = canonical_weight(w, self.site.op)
+        return out + (simulated_matmul(x, w, self.prec) - x.float() @ w.float().T).to(out)
+
+
+def validate_sensitivity(gm, q, batch, n: int) -> dict:
+    """The linearized score against quantizing each of ``n`` sites (spread over the ranking)
+    alone, on the batch the policy scored: Spearman rank correlation and score ratios."""
+    state = q.meta["qpass"]
+    ranking = state.reports["policies"]["sensitivity"]["ranking"]
+    picks = [ranking[round(i * (len(ranking) - 1) / max(n - 1, 1))] for i in range(n)]
+    sites = {s.node.name: s for s in find_sites(gm)}
+    rows = []
+    with torch.no_grad():
+        y = gm(*batch).float()
+        for r in picks:
+            prec = state.recipe.precision  # ranked sites carry the recipe's precision
+            yq = _OneSite(gm, sites[r["node"]], prec).run(*batch).float()
+            true = float((yq - y).pow(2).sum() / y.pow(2).sum())
+            rows.append({"fqn": r["fqn"], "rank": r["rank"], "proxy": r["score"], "true": true})
+            log.info("validate %s: proxy %.3g, one at a time %.3g", r["fqn"], r["score"], true)
+    ranks = [torch.tensor(v).argsort().argsort().double()
+             for v in ([r["proxy"] for r in rows], [r["true"] for r in rows])]
+    rho = float(torch.corrcoef(torch.stack(ranks))[0, 1])
+    return {"sites": rows, "spearman": rho}
+
+
+def print_table(rows: list[Row]) -> None:
+    base = rows[0].ppl if rows[0].name == "fp32" else None
+    print("\n| row | PPL | Δ% vs FP32 | float weights | float columns | ONNX PPL | ONNX vs "
+          "torch | quantize s |\n|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        def pct(v, spec=".2f"):
+            return "-" if v is None else f"{100 * v:{spec}}%"
+        delta = "-" if base is None else f"{100 * (r.ppl / base - 1):+.2f}"
+        onnx = "-" if r.onnx_ppl is None else f"{r.onnx_ppl:.3f}"
+        print(f"| {r.name} | {r.ppl:.3f} | {delta} | {pct(r.float_weight_fraction)} | "
+              f"{pct(r.float_column_fraction, '.3f')} | {onnx} | "
+              f"{pct(r.onnx_rel_diff, '.3f')} | {r.quantize_s:.0f} |")
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.WARNING, format="%(message)s")
+    for name in ("qpass", "qpass.bench_policies"):
+        logging.getLogger(name).setLevel(logging.INFO)
+    a = _args(argv)
+    torch.set_num_threads(a.threads)
+    a.out.mkdir(parents=True, exist_ok=True)
+    loaded = load_model(BENCH_MODELS[a.model])
+    calib, evals = wikipedia_token_slices(loaded.tokenizer, calib_windows=a.calib_windows,
+                                          eval_windows=a.eval_windows, window=a.window)
+    example = (calib[:1],)
+    gm = qpass.capture(loaded.module, example)
+    batches = [(calib[i:i + 1],) for i in range(len(calib))]
+    rows, extra = [], {}
+    for name in a.rows:
+        if name == "fp32":
+            rows.append(Row("fp32", perplexity(gm, evals, progress=True)))
+            log.info("fp32: PPL %.4f", rows[-1].ppl)
+            continue
+        row, q = _row(name, a, gm, example, batches, evals)
+        rows.append(row)
+        if name == "w8a8_static_sensitivity":
+            report = q.meta["qpass"].reports["policies"]["sensitivity"]
+            extra["sensitivity_ranking"] = report["ranking"]
+            if a.validate:
+                extra["validation"] = validate_sensitivity(gm, q, batches[0], a.validate)
+        if name == "llm_int8_static":
+            extra["llm_int8_columns"] = q.meta["qpass"].reports["policies"]["llm_int8"]
+        del q
+        _save(a, rows, extra)  # after every row: a long run keeps what it measured
+    print_table(rows)
+    if "validation" in extra:
+        print(f"\nsensitivity score vs one-at-a-time: Spearman "
+              f"{extra['validation']['spearman']:.3f} over {a.validate} sites")
+    _save(a, rows, extra)
+    return 0
+
+
+def _save(a: argparse.Namespace, rows: list[Row], extra: dict) -> None:
+    (a.out / "results.json").write_text(json.dumps(
+        {"rows": [asdict(r) for r in rows], **extra,
+         "args": {k: str(v) for k, v in vars(a).items()}}, indent=2))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
