@@ -7,7 +7,8 @@ Each quantized site ``linear(x, W, b)`` becomes::
     W' = dequantize(W_q, s_w, z_w, axis)              W_q: [K, N] int8 buffer
     y  = matmul(x', W') (+ b)
 
-with qpass's custom Q/DQ ops (ONNX semantics). Float weights that no op reads any more are
+with qpass's custom Q/DQ ops (ONNX semantics); a site with an LLM.int8() outlier split becomes
+int8_part + float_part (``qpass.convert.outliers``). Float weights that no op reads any more are
 dropped, observers are removed. The result runs on CPU and is the numerical ground truth.
 """
 
