@@ -172,6 +172,7 @@ def main(argv: list[str] | None = None) -> int:
         if name == "fp32":
             rows.append(Row("fp32", perplexity(gm, evals, progress=True)))
             log.info("fp32: PPL %.4f", rows[-1].ppl)
+            _save(a, rows, extra)
             continue
         row, q = _row(name, a, gm, example, batches, evals)
         rows.append(row)
