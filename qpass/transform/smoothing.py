@@ -18,6 +18,7 @@ import torch.fx as fx
 from qpass import numerics
 from qpass.config import LayerPrecision
 from qpass.convert.weights import quantize_weight
+from qpass.observe import make_observer
 from qpass.quantizable import Site, canonical_weight, fetch_attr
 from qpass.transform.groups import LinearFold, NormFold, ScaleGroup
 
@@ -52,8 +53,12 @@ def _fake_quant_activation(x: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor,
         return x
     if spec.dynamic:
         scale, zp = numerics.dynamic_qparams_per_token(x, spec.fmt, spec.symmetric)
-    else:  # per tensor, the range a MinMax observer would see on the smoothed activation
+    elif spec.observer == "minmax":  # exactly the range MinMax sees on all smoothed data
         scale, zp = numerics.qparams_from_range(lo.min(), hi.max(), spec.fmt, spec.symmetric)
+    else:  # a clipping observer: its choice on the sampled rows
+        observer = make_observer(spec)
+        observer.update(x)
+        scale, zp = observer.qparams()
     return numerics.fake_quantize(x, scale, zp, spec.fmt)
 
 
