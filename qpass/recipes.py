@@ -4,7 +4,15 @@ from __future__ import annotations
 
 from typing import Any
 
-from qpass.config import LayerPrecision, PerChannel, PerTensor, PerToken, QuantSpec, Recipe
+from qpass.config import (
+    LayerPrecision,
+    PerChannel,
+    PerGroup,
+    PerTensor,
+    PerToken,
+    QuantSpec,
+    Recipe,
+)
 from qpass.registry import Registry
 
 RECIPES: Registry[Recipe] = Registry("recipe", "qpass.recipes")
@@ -33,6 +41,24 @@ RECIPES.add("w8a8_static", Recipe(
         reason="recipe w8a8_static"),
     description="int8 weights per output channel; int8 activations per tensor, "
                 "MinMax-calibrated (static)"))
+
+
+RECIPES.add("w4a16_g128", Recipe(
+    "w4a16_g128",
+    LayerPrecision(weight=QuantSpec("int4", symmetric=True, granularity=PerGroup(128)),
+                   reason="recipe w4a16_g128"),
+    description="int4 weights in groups of 128 input features (symmetric); activations stay "
+                "float. ONNX: blocked DequantizeLinear (opset 21), MatMulNBits in ONNX Runtime"))
+
+RECIPES.add("fp8_e4m3", Recipe(
+    "fp8_e4m3",
+    LayerPrecision(
+        weight=QuantSpec("fp8_e4m3", symmetric=True, granularity=PerChannel(0)),
+        activation=QuantSpec("fp8_e4m3", symmetric=True, granularity=PerTensor(),
+                             observer="minmax"),
+        reason="recipe fp8_e4m3"),
+    description="fp8 e4m3 weights per output channel; fp8 e4m3 activations per tensor, "
+                "MinMax-calibrated (static). ONNX: float8 Q/DQ (opset 19)"))
 
 
 def resolve_recipe(recipe: str | Recipe | dict[str, Any]) -> Recipe:

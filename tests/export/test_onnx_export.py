@@ -86,7 +86,7 @@ def test_int8_to_uint8_is_bit_exact_for_q_and_dq():
 def test_unknown_profile_is_rejected(tmp_path):
     ids = token_batches(1)[0]
     q = qpass.quantize(tiny_lm(), "w8a16", [], (ids,), progress=False)
-    with pytest.raises(ValueError, match="allowed: ort, plain"):
+    with pytest.raises(ValueError, match="Known export profiles: ort, plain, tensorrt"):
         qpass.export_onnx(q, (ids,), tmp_path / "m.onnx", profile="tensorrt-ish")
 
 
