@@ -14,11 +14,30 @@ qpass::choose_qparams_per_token becomes ReduceMax/ReduceMin arithmetic that mirr
 
 from __future__ import annotations
 
+import onnx
 from onnxscript import ir
 from onnxscript import opset21 as op
+from onnxscript.values import Op, Opset
 
 from qpass import numerics, ops
 
+
+def _matmul_integer_to_float() -> Op:
+    """ONNX Runtime's contrib op ``com.microsoft::MatMulIntegerToFloat`` (the ort profile only):
+    ``(A - a_zero_point) @ (B - b_zero_point) * a_scale * b_scale``, b_scale per column of B."""
+    p = onnx.defs.OpSchema.FormalParameter
+    schema = onnx.defs.OpSchema(
+        "MatMulIntegerToFloat", "com.microsoft", 1,
+        inputs=[p("A", "T1"), p("B", "T2"), p("a_scale", "T3"), p("b_scale", "T3"),
+                p("a_zero_point", "T1"), p("b_zero_point", "T2")],
+        outputs=[p("Y", "T3")],
+        type_constraints=[("T1", ["tensor(uint8)", "tensor(int8)"], ""),
+                          ("T2", ["tensor(uint8)", "tensor(int8)"], ""),
+                          ("T3", ["tensor(float)"], "")])
+    return Op(Opset("com.microsoft", 1), "MatMulIntegerToFloat", schema)
+
+
+_MATMUL_INTEGER_TO_FLOAT = _matmul_integer_to_float()
 ONNX_TYPES = {
     "int8": ir.DataType.INT8, "uint8": ir.DataType.UINT8, "int4": ir.DataType.INT4,
     "uint4": ir.DataType.UINT4, "fp8_e4m3": ir.DataType.FLOAT8E4M3FN,
@@ -108,26 +127,30 @@ def choose_qparams_per_token(x, format: str, symmetric: bool):
 
 
 def dynamic_quant_matmul(x, w_q, w_scale, w_zero_point, w_axis: int, format: str):
-    """Per-token int8 x (as uint8 + 128) times uint8 weights in MatMulInteger, scaled after.
+    """Per-token int8 x (as uint8 + 128) times uint8 weights, exact in int32, scaled after.
 
-    Mirrors ``qpass.ops.dynamic_quant_matmul``: the scale is max|x| / 127 per row, and the
-    integer products accumulate exactly in int32. ``w_zero_point`` is 128 everywhere (the ort
-    lowering fuses symmetric weights only), so it is passed as a scalar.
+    Mirrors ``qpass.ops.dynamic_quant_matmul``: the scale is max|x| / 127 per row. The rows are
+    quantized by one per-row QuantizeLinear (zero point 128: bit-exact with round, clip, +128),
+    and ONNX Runtime's ``MatMulIntegerToFloat`` runs the exact U8U8 GEMM and applies the weight
+    scale per column in the same pass; the per-row scale is one Mul after. ``w_zero_point`` is
+    128 everywhere (the ort lowering fuses symmetric weights only), so it is a scalar here.
     """
     if format != "uint8":
         raise ValueError(f"dynamic_quant_matmul exports uint8 weights, got {format!r}")
     int8 = numerics.FORMATS["int8"]
-    amax = op.ReduceMax(op.Abs(x), op.Constant(value_ints=[-1]), keepdims=1)  # [..., 1]
+    rows, _ = _as_rows(x)  # [R, K]
+    amax = op.ReduceMax(op.Abs(rows), op.Constant(value_ints=[-1]), keepdims=1)  # [R, 1]
     scale = op.Div(amax, op.Constant(value_float=float(int8.qmax)))
     empty = op.Equal(scale, op.Constant(value_float=0.0))
     scale = op.Max(scale, op.Constant(value_float=float(numerics.MIN_SCALE)))
     scale = op.Where(empty, op.Constant(value_float=1.0), scale)
-    q = op.Clip(op.Round(op.Div(x, scale)), op.Constant(value_float=float(int8.qmin)),
-                op.Constant(value_float=float(int8.qmax)))
-    q = op.Cast(op.Add(q, op.Constant(value_float=128.0)), to=ir.DataType.UINT8)
+    flat = _flat(scale)  # [R]
     zp = op.Cast(op.Constant(value_int=128), to=ir.DataType.UINT8)
-    acc = op.MatMulInteger(q, w_q, zp, zp)  # [..., N] int32, exact
-    return op.Mul(op.Mul(op.Cast(acc, to=ir.DataType.FLOAT), scale), w_scale)
+    q = op.QuantizeLinear(rows, flat, op.Expand(zp, op.Shape(flat)), axis=0)  # [R, K] uint8
+    one = op.Constant(value_float=1.0)
+    acc = _MATMUL_INTEGER_TO_FLOAT(q, w_q, one, w_scale, zp, zp)  # [R, N] = acc * w_scale
+    out_shape = op.Concat(op.Shape(x, end=-1), op.Shape(w_q, start=-1), axis=0)
+    return op.Reshape(op.Mul(acc, scale), out_shape)
 
 
 TRANSLATIONS = {

@@ -36,13 +36,13 @@ def test_export_runs_in_onnxruntime_and_matches_the_reference(tmp_path, recipe, 
     path = qpass.export_onnx(q, (batches[0],), tmp_path / f"{recipe}.onnx", profile=profile)
     proto = onnx.load(path)
     ops = collections.Counter(n.op_type for n in proto.graph.node)
-    fused = recipe == "w8a8_dynamic" and profile == "ort"  # -> MatMulInteger, see ort_lowering
-    assert ops["MatMulInteger"] == (2 if fused else 0)
+    fused = recipe == "w8a8_dynamic" and profile == "ort"  # exact U8U8, see ort_lowering
+    assert ops["MatMulIntegerToFloat"] == (2 if fused else 0)
     assert ops["DequantizeLinear"] == {"w8a16": 2, "w8a8_dynamic": 0 if fused else 4,
                                        "w8a8_static": 4}[recipe]
-    assert ops["QuantizeLinear"] == {"w8a16": 0, "w8a8_dynamic": 0 if fused else 2,
+    assert ops["QuantizeLinear"] == {"w8a16": 0, "w8a8_dynamic": 2,  # fused: one per row
                                      "w8a8_static": 2}[recipe]
-    assert ops["MatMul"] + ops["Gemm"] + ops["MatMulInteger"] == 3
+    assert ops["MatMul"] + ops["Gemm"] + ops["MatMulIntegerToFloat"] == 3
     weight_type = onnx.TensorProto.UINT8 if profile == "ort" else onnx.TensorProto.INT8
     integer_weights = [t.name for t in proto.graph.initializer
                        if t.data_type == weight_type and len(t.dims) == 2]

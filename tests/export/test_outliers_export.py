@@ -30,7 +30,7 @@ def test_llm_int8_exports_and_matches_the_torch_reference(tmp_path, mode, profil
     q = qpass.quantize(_model(), recipe, batches, (batches[0],), progress=False)
     path = qpass.export_onnx(q, (batches[0],), tmp_path / f"{mode}.onnx", profile=profile)
     ops = collections.Counter(n.op_type for n in onnx.load(path).graph.node)
-    matmuls = ops["MatMul"] + ops["MatMulInteger"] + ops["Gemm"]
+    matmuls = ops["MatMul"] + ops["MatMulIntegerToFloat"] + ops["Gemm"]
     assert matmuls == 2 * 2 + 1  # up and down: an int8 and a float MatMul each; lm_head
     assert ops["Add"] >= 2
     if mode == "static":
@@ -38,7 +38,7 @@ def test_llm_int8_exports_and_matches_the_torch_reference(tmp_path, mode, profil
     else:
         assert ops["ReduceMax"] >= 2 and ops["Greater"] == 2 and ops["Where"] >= 2
     if profile == "ort":
-        assert ops["MatMulInteger"] == 2  # the int8 parts run on exact integer kernels
+        assert ops["MatMulIntegerToFloat"] == 2  # the int8 parts run on exact U8U8 kernels
     session = ort_session(path, threads=1)
     for ids in token_batches(3, seed=7):
         got = session.run(None, {session.get_inputs()[0].name: ids.numpy()})[0]
