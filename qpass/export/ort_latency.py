@@ -18,16 +18,23 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class LatencyStats:
-    """Wall-clock seconds of one ``session.run`` over ``repeats`` timed runs."""
+    """Wall-clock seconds of one ``session.run`` over ``repeats`` timed runs.
+
+    ``cpu_median_s`` is the median CPU time of the process over the same runs (all threads):
+    on a machine shared with other work it moves much less than wall time, since waiting for a
+    core costs no CPU time, so ratios of it are the steadier figure there.
+    """
 
     median_s: float
     p10_s: float
     p90_s: float
     repeats: int
+    cpu_median_s: float = float("nan")
 
     def __str__(self) -> str:
         return (f"{self.median_s * 1e3:.2f} ms (p10 {self.p10_s * 1e3:.2f}, "
-                f"p90 {self.p90_s * 1e3:.2f}, n={self.repeats})")
+                f"p90 {self.p90_s * 1e3:.2f}, cpu {self.cpu_median_s * 1e3:.2f}, "
+                f"n={self.repeats})")
 
 
 def measure_latency(
@@ -60,15 +67,17 @@ def measure_latency(
                     "interleaved timings; set session.intra_op.allow_spinning=0", spinning)
     names = list(runs)
     times: dict[str, list[float]] = {k: [] for k in names}
+    cpu: dict[str, list[float]] = {k: [] for k in names}
     for r in range(warmup + repeats):
         for i in range(len(names)):
             name = names[(r + i) % len(names)]
             session, feed = runs[name]
-            start = time.perf_counter()
+            start, cpu_start = time.perf_counter(), time.process_time()
             session.run(None, feed)
             if r >= warmup:
                 times[name].append(time.perf_counter() - start)
-    stats = {k: _stats(v) for k, v in times.items()}
+                cpu[name].append(time.process_time() - cpu_start)
+    stats = {k: _stats(v, cpu[k]) for k, v in times.items()}
     for k, s in stats.items():
         log.info("latency %s: %s", k, s)
     return stats
@@ -98,6 +107,7 @@ def _feeds_for(name: str, session: ort.InferenceSession,
     return {n: feeds[n] for n in wanted}
 
 
-def _stats(seconds: list[float]) -> LatencyStats:
+def _stats(seconds: list[float], cpu_seconds: list[float]) -> LatencyStats:
     p10, median, p90 = np.percentile(np.asarray(seconds), [10, 50, 90])
-    return LatencyStats(float(median), float(p10), float(p90), len(seconds))
+    return LatencyStats(float(median), float(p10), float(p90), len(seconds),
+                        float(np.median(cpu_seconds)))

@@ -14,3 +14,11 @@ def test_bad_threads(tmp_path, threads):
     path.write_bytes(b"")
     with pytest.raises(ValueError, match="threads must be an int >= 1"):
         ort_session(path, threads=threads)
+
+
+@pytest.mark.parametrize("level", [5, -1, "4"])
+def test_bad_nbits_accuracy_level(tmp_path, level):
+    path = tmp_path / "m.onnx"
+    path.write_bytes(b"")
+    with pytest.raises(ValueError, match="nbits_accuracy_level must be one of 0, 1, 2, 3, 4"):
+        ort_session(path, nbits_accuracy_level=level)

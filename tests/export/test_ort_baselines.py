@@ -138,6 +138,7 @@ def test_measure_latency(fp32: tuple[Path, str], tmp_path: Path) -> None:
     for s in stats.values():
         assert isinstance(s, LatencyStats) and s.repeats == 5
         assert 0 < s.p10_s <= s.median_s <= s.p90_s
+        assert s.cpu_median_s > 0
     with pytest.raises(ValueError, match="feeds has no"):
         measure_latency(sessions, {"other": batches(1, 0)[0]})
     with pytest.raises(ValueError, match="repeats must be"):
