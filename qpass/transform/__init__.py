@@ -1,3 +1,4 @@
 """Graph transforms that run between capture and convert (registered in ``qpass.passes``)."""
 
-from qpass.transform import smoothquant  # noqa: F401  (registers the "smoothquant" pass)
+# importing the modules registers the "awq", "gptq" and "smoothquant" passes
+from qpass.transform import awq, gptq, smoothquant  # noqa: F401

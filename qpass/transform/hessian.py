@@ -28,8 +28,9 @@ class Hessian:
         return cls(torch.zeros(k, k, dtype=torch.float64))
 
     def update(self, x: torch.Tensor) -> None:
-        x2 = x.detach().reshape(-1, x.shape[-1]).double()  # x: [tokens, K]
-        self.h.addmm_(x2.T, x2)
+        """Add one batch: its xᵀx in float32 (the batch's matmul), summed in float64."""
+        x2 = x.detach().reshape(-1, x.shape[-1]).float()  # x: [tokens, K]
+        self.h += (x2.T @ x2).double()
         self.tokens += x2.shape[0]
 
     @property

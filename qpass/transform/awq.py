@@ -1,0 +1,161 @@
+"""The AWQ pass (Lin et al., 2024): activation-aware per-channel weight scaling for low-bit
+weight-only quantization, with optional weight clipping.
+
+Groups are the SmoothQuant pass's (``groups``): linears sharing one input, whose scale folds
+exactly into a norm's weight or into a producing linear (v_proj -> o_proj, up_proj ->
+down_proj, GQA-aware). Groups without an exact fold are left alone. The pass walks the graph
+layer by layer with every calibration batch (``layerwise``); at a group it accumulates mean|X|
+and the Gram matrix XᵀX of its input, searches the scale (``awq_search``), folds it (float
+function kept up to rounding), and optionally clips each consumer's weight groups. Later
+groups see the scaled and clipped model. Convert then rounds the scaled weights to nearest,
+or GPTQ (placed after AWQ in the recipe) solves them.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import torch
+import torch.fx as fx
+
+from qpass.passes import PASSES, Pass, PassContext, PassResult
+from qpass.quantizable import Site, canonical_weight, fetch_attr, find_sites
+from qpass.transform import awq_search as search
+from qpass.transform.groups import LinearFold, ScaleGroup, find_scale_groups
+from qpass.transform.layerwise import LayerwiseWalk
+from qpass.transform.smoothing import apply_scales
+
+log = logging.getLogger(__name__)
+
+
+@PASSES.register("awq")
+@dataclass(frozen=True)
+class AWQ(Pass):
+    """``grid``: ratios tried for the scale exponent (0, 1/grid, ..., (grid-1)/grid).
+    ``duo_scaling``: divide by the relative weight magnitude too (AutoAWQ's default).
+    ``clip``: search a shrink ratio per weight group, down to ``1 - max_shrink``, in
+    ``clip_grid`` steps. ``skip``: module-FQN globs AWQ leaves alone."""
+
+    grid: int = 20
+    duo_scaling: bool = True
+    clip: bool = True
+    max_shrink: float = 0.5
+    clip_grid: int = 20
+    skip: tuple[str, ...] = ()
+
+    stage: ClassVar[str] = "weights"
+
+    def __post_init__(self) -> None:
+        for name in ("grid", "clip_grid"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"AWQ.{name}={getattr(self, name)!r} is not valid; allowed: a "
+                                 "positive number of steps, e.g. 20")
+        if not 0.0 <= self.max_shrink < 1.0:
+            raise ValueError(f"AWQ.max_shrink={self.max_shrink!r} is not valid; allowed: a "
+                             "number in [0, 1) (0.5 lets a group's range shrink to half)")
+        if isinstance(self.skip, str):
+            raise ValueError(f"AWQ.skip={self.skip!r} is not valid; allowed: a tuple of globs")
+
+    def __call__(self, gm: fx.GraphModule, ctx: PassContext) -> PassResult:
+        assert ctx.precisions is not None
+        all_sites = find_sites(gm)
+        sites = [s for s in all_sites if self._wants(s, ctx)]
+        groups = find_scale_groups(gm, sites, all_sites)
+        todo = [g for g in groups if g.fold is not None]
+        report: dict[str, Any] = {"groups": [_row(g) for g in groups if g.fold is None]}
+        if not todo:
+            return PassResult(gm, False, report)
+        start = time.perf_counter()
+        walk = LayerwiseWalk(gm, ctx.batches)
+        order = {n: i for i, n in enumerate(gm.graph.nodes)}
+        first = {min((s.node for s in g.consumers), key=order.__getitem__): g for g in todo}
+        worker = _Searcher(self, gm, ctx, walk, report)
+        walk.run(first, lambda node: worker.group(first[node]), ctx.progress, "qpass awq")
+        report["seconds"] = time.perf_counter() - start
+        log.info("qpass awq: %d of %d groups scaled in %.1f s", len(todo), len(groups),
+                 report["seconds"])
+        return PassResult(gm, True, report)
+
+    def _wants(self, site: Site, ctx: PassContext) -> bool:
+        prec = ctx.precisions.get(site.node.name)
+        if prec is None or prec.weight is None or prec.weight.fmt.is_float:
+            return False
+        if prec.outlier_threshold is not None or prec.activation is not None:
+            return False  # AWQ is for weight-only formats; SmoothQuant handles activations
+        return not any(fnmatch.fnmatchcase(site.fqn, p) for p in self.skip)
+
+
+class _Searcher:
+    def __init__(self, cfg: AWQ, gm: fx.GraphModule, ctx: PassContext, walk: LayerwiseWalk,
+                 report: dict[str, Any]) -> None:
+        self.cfg, self.gm, self.ctx, self.walk, self.report = cfg, gm, ctx, walk, report
+
+    def group(self, g: ScaleGroup) -> None:
+        start = time.perf_counter()
+        xs = self.walk.values(g.activation)
+        c = g.channels
+        h = torch.zeros(c, c, dtype=torch.float64)
+        x_sum, tokens = torch.zeros(c, dtype=torch.float64), 0
+        for x in xs:
+            x2 = x.detach().reshape(-1, c).double()  # [tokens, C]
+            h.addmm_(x2.T, x2)
+            x_sum += x2.abs().sum(0)
+            tokens += x2.shape[0]
+        h32 = (h / tokens).float()
+        specs = [self.ctx.precisions[s.node.name].weight for s in g.consumers]
+        weights = [canonical_weight(fetch_attr(self.gm, str(s.weight_node.target)), s.op)
+                   .detach().float() for s in g.consumers]  # [N_i, C]
+        w_mean = torch.cat([search.relative_weight_magnitude(w, sp)
+                            for w, sp in zip(weights, specs, strict=True)]).mean(0)
+        s, ratio, errs = self._search((x_sum / tokens).float(), w_mean, weights, specs, h32, g)
+        row = _row(g)
+        row.update(ratio=ratio, error=errs[ratio], error_unscaled=errs[None],
+                   s_min=float(s.min()), s_max=float(s.max()))
+        if ratio is not None:
+            row["fold"] = apply_scales(self.gm, g, s.double())
+            self.walk.replace(g.activation, [x / s.to(x.dtype) for x in xs])
+        if self.cfg.clip:
+            row["clip"] = self._clip(g, specs, h32 / torch.outer(s, s))
+        row["seconds"] = time.perf_counter() - start
+        self.report["groups"].append(row)
+
+    def _search(self, x_mean, w_mean, weights, specs, h, g: ScaleGroup):
+        cmap = g.fold.channel_map if isinstance(g.fold, LinearFold) else None
+        if cmap is not None:  # channels fed by one producer channel share its scale
+            n = int(cmap.max()) + 1
+            x_mean = torch.zeros(n).scatter_reduce(0, cmap, x_mean, "mean", include_self=False)
+            w_mean = torch.zeros(n).scatter_reduce(0, cmap, w_mean, "mean", include_self=False)
+        ones = torch.ones(weights[0].shape[1])
+        errs: dict[float | None, float] = {None: search.output_error(weights, specs, h, ones)}
+        best, best_s = None, ones
+        for i in range(self.cfg.grid):
+            r = i / self.cfg.grid
+            s = search.candidate_scales(x_mean, w_mean, r, self.cfg.duo_scaling)
+            s = s if cmap is None else s[cmap]
+            errs[r] = search.output_error(weights, specs, h, s)
+            if errs[r] < errs[best]:
+                best, best_s = r, s
+        return best_s, best, errs
+
+    def _clip(self, g: ScaleGroup, specs, h: torch.Tensor) -> dict[str, float]:
+        """Clip each consumer's groups in place; returns the mean ratio per consumer."""
+        out = {}
+        for site, spec in zip(g.consumers, specs, strict=True):
+            if not search.can_clip(spec):
+                continue
+            param = fetch_attr(self.gm, str(site.weight_node.target))
+            w = canonical_weight(param, site.op).detach().float()  # [N, C], scaled
+            ratios = search.clip_ratios(w, spec, h, self.cfg.max_shrink, self.cfg.clip_grid)
+            clipped = search.apply_clip(w, spec, ratios).to(param.dtype)
+            param.copy_(clipped if site.op.weight_layout == "out_in" else clipped.T)
+            out[site.fqn or site.node.name] = float(ratios.mean())
+        return out
+
+
+def _row(g: ScaleGroup) -> dict[str, Any]:
+    return {"activation": g.activation.name, "consumers": [s.fqn for s in g.consumers],
+            "fold": "none", "producer": g.fold.fqn if g.fold else None, "reason": g.reason}

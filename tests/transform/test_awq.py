@@ -1,0 +1,96 @@
+"""The AWQ pass keeps the float function, never does worse than RTN on its calibration data,
+and lowers the weight-only quantized error against the float model."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import qpass
+from qpass.config import LayerPrecision, PerGroup, QuantSpec
+from qpass.transform import awq_search as search
+from qpass.transform.awq import AWQ
+from qpass.transform.gptq import GPTQ
+from tests.transform.toy_models import tiny_llama
+
+pytest.importorskip("transformers")
+KEEP = ("*lm_head", "*embed*")
+W3 = QuantSpec("int3", symmetric=False, granularity=PerGroup(32))
+
+
+def _recipe(*passes, spec=W3) -> qpass.Recipe:
+    return qpass.Recipe("w3 test", LayerPrecision(spec), keep_float=KEEP, passes=passes)
+
+
+@pytest.fixture(scope="module")
+def llama():
+    model = tiny_llama(outlier=20.0)
+    g = torch.Generator().manual_seed(0)
+    batches = [(torch.randint(0, 128, (2, 32), generator=g),) for _ in range(4)]
+    held = [(torch.randint(0, 128, (2, 32), generator=g),) for _ in range(3)]
+    return model, qpass.capture(model, batches[0]), batches, held
+
+
+def _rel_error(q, model, held):
+    with torch.no_grad():
+        return sum(((q(*b) - model(*b)).pow(2).sum() / model(*b).pow(2).sum()).item()
+                   for b in held)
+
+
+def test_scaling_keeps_the_float_function_and_never_loses_to_rtn_on_calibration(llama):
+    model, gm, batches, held = llama
+    prepared = qpass.prepare(gm, _recipe(AWQ(clip=False)), batches[0], calib_data=batches,
+                             progress=False)
+    groups = prepared.meta["qpass"].reports["passes"]["awq"]["groups"]
+    folds = {g["fold"] for g in groups}
+    assert "scale_mul" in folds and "linear" in folds  # norms, and v->o / up->down
+    scaled = [g for g in groups if g.get("error") is not None]
+    assert len(scaled) >= 6
+    assert all(g["error"] <= g["error_unscaled"] for g in scaled)
+    assert any(g["ratio"] is not None for g in scaled)
+    with torch.no_grad():
+        for b in held:
+            torch.testing.assert_close(prepared(*b), model(*b), rtol=1e-4, atol=1e-4)
+
+
+def test_awq_and_awq_then_gptq_beat_rtn_against_the_float_model(llama):
+    model, gm, batches, held = llama
+    e = {name: _rel_error(qpass.quantize(gm, _recipe(*passes), batches, batches[0],
+                                         progress=False), model, held)
+         for name, passes in {"rtn": (), "awq": (AWQ(),), "awq+gptq": (AWQ(), GPTQ())}.items()}
+    assert e["awq"] < 0.9 * e["rtn"], e
+    assert e["awq+gptq"] < 0.9 * e["rtn"], e
+
+
+def test_clip_search_lowers_each_groups_output_error():
+    g = torch.Generator().manual_seed(0)
+    w = torch.randn(16, 96, generator=g)
+    w[:, 5] *= 8  # a weight outlier in group 0 that costs the rest of its group resolution
+    x = torch.randn(400, 96, generator=g)
+    h = x.T @ x
+    spec = QuantSpec("int3", symmetric=True, granularity=PerGroup(32))
+    ratios = search.clip_ratios(w, spec, h, max_shrink=0.5, steps=20)
+    assert ratios.shape == (16, 3) and float(ratios.min()) >= 0.5
+    clipped = search.apply_clip(w, spec, ratios)
+
+    def err(wc):
+        d = search.fake_quant(wc, spec) - w
+        return float(((d @ h) * d).sum())
+
+    assert err(clipped) < err(w)
+    assert float(ratios[:, 0].mean()) < 1.0  # the outlier group is clipped
+
+
+@pytest.mark.parametrize("bad", [{"grid": 0}, {"clip_grid": 0}, {"max_shrink": 1.0},
+                                 {"skip": "x"}])
+def test_invalid_config_names_the_field(bad):
+    field = next(iter(bad))
+    with pytest.raises(ValueError, match=rf"AWQ\.{field}="):
+        AWQ(**bad)
+
+
+def test_recipe_round_trip():
+    recipe = _recipe(AWQ(clip=False), GPTQ())
+    d = recipe.to_dict()
+    assert [p["type"] for p in d["passes"]] == ["awq", "gptq"]
+    assert qpass.Recipe.from_dict(d) == recipe
