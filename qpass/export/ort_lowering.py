@@ -2,11 +2,11 @@
 
 ``fuse_dynamic_matmuls``: a per-token dynamic int8 activation feeding a MatMul with int8
 weights becomes one ``qpass::dynamic_quant_matmul`` node with uint8 weights (values and zero
-points + 128, bit-exact). Its ONNX translation computes the per-token scale with Reduce ops, quantizes the rows with one
-QuantizeLinear and runs ONNX Runtime's ``MatMulIntegerToFloat`` (uint8 x uint8: exact on every
-x86 CPU, the weight scale applied in the same pass), with the per-token scale applied after.
-Left as a Q/DQ chain, ONNX Runtime cannot fuse a run-time per-token scale and falls back to
-dequantizing the weights and a float MatMul on every call.
+points + 128, bit-exact). Its ONNX translation computes the per-token scale with Reduce ops,
+quantizes the rows with one QuantizeLinear and runs ONNX Runtime's ``MatMulIntegerToFloat``
+(uint8 x uint8: exact on every x86 CPU; the weight scale applied in the same pass), with the
+per-token scale applied after. Left as a Q/DQ chain, ONNX Runtime cannot fuse a run-time
+per-token scale and falls back to dequantizing the weights and a float MatMul on every call.
 """
 
 from __future__ import annotations
