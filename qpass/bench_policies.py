@@ -9,7 +9,10 @@ disjoint part of the Wikipedia text). Rows (``--rows`` picks some):
   export's perplexity in ONNX Runtime;
 - ``w8a8_static_sensitivity``: ``w8a8_static`` plus the sensitivity policy keeping the worst
   layers float within ``--budget`` of the quantized linears' weights. ``--validate N``
-  checks its linearized score against quantizing each of N sites alone (one forward each).
+  checks its linearized score against quantizing each of N sites alone (one forward each);
+- ``w8a8_dynamic_smoothquant``: ``w8a8_dynamic`` after SmoothQuant with α searched per group;
+- ``w8a8_static_smoothquant``: ``w8a8_static`` with the ``--observer`` activation observer,
+  after SmoothQuant with α searched per group, plus the sensitivity policy within ``--budget``.
 """
 
 from __future__ import annotations
@@ -27,15 +30,19 @@ import torch.fx as fx
 
 import qpass
 from qpass.bench import BENCH_MODELS
+from qpass.bench_observers import observer_recipe
 from qpass.eval import load_model, perplexity, wikipedia_token_slices
 from qpass.eval.parity import compare
 from qpass.policies import LlmInt8, Sensitivity
 from qpass.policies.simulate import simulated_matmul
 from qpass.quantizable import canonical_weight, find_sites
+from qpass.transform.smoothquant import SmoothQuant
 
 log = logging.getLogger("qpass.bench_policies")
 ROWS = ("fp32", "w8a8_dynamic", "llm_int8_static", "llm_int8_dynamic", "w8a8_static",
-        "w8a8_static_sensitivity")
+        "w8a8_static_sensitivity", "w8a8_dynamic_smoothquant", "w8a8_static_smoothquant")
+ONNX_ROWS = ("llm_int8_static", "llm_int8_dynamic", "w8a8_dynamic_smoothquant",
+             "w8a8_static_smoothquant")  # exported with --onnx
 
 
 @dataclass
@@ -56,8 +63,11 @@ def _args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--rows", nargs="+", default=list(ROWS), choices=ROWS)
     p.add_argument("--threshold", type=float, default=6.0)
     p.add_argument("--budget", type=float, default=0.05)
+    p.add_argument("--observer", default="percentile_99.99",
+                   help="activation observer of w8a8_static_smoothquant")
     p.add_argument("--probes", type=int, default=8)
-    p.add_argument("--onnx", action="store_true", help="export llm_int8 rows, run them in ORT")
+    p.add_argument("--onnx", action="store_true",
+                   help="export the llm_int8 and smoothquant rows, run them in ONNX Runtime")
     p.add_argument("--validate", type=int, default=0, metavar="N")
     p.add_argument("--calib-windows", type=int, default=8)
     p.add_argument("--eval-windows", type=int, default=12)
@@ -72,9 +82,15 @@ def _recipe(name: str, a: argparse.Namespace) -> qpass.Recipe:
         mode = name.rsplit("_", 1)[1]
         return qpass.resolve_recipe("w8a8_dynamic").replace(
             name=name, policies=(LlmInt8(a.threshold, mode=mode),))
+    sensitivity = Sensitivity(float_budget=a.budget, probes=a.probes)
     if name == "w8a8_static_sensitivity":
-        return qpass.resolve_recipe("w8a8_static").replace(
-            name=name, policies=(Sensitivity(float_budget=a.budget, probes=a.probes),))
+        return qpass.resolve_recipe("w8a8_static").replace(name=name, policies=(sensitivity,))
+    if name == "w8a8_dynamic_smoothquant":
+        return qpass.resolve_recipe("w8a8_dynamic").replace(
+            name=name, passes=(SmoothQuant(alpha=None),))
+    if name == "w8a8_static_smoothquant":
+        return observer_recipe(a.observer).replace(
+            name=name, passes=(SmoothQuant(alpha=None),), policies=(sensitivity,))
     return qpass.resolve_recipe(name)
 
 
@@ -90,7 +106,7 @@ def _row(name: str, a, gm, example, batches, evals) -> tuple[Row, fx.GraphModule
     row = Row(name, math.nan, time.perf_counter() - start, _float_weight_fraction(q))
     llm_int8 = q.meta["qpass"].reports["policies"].get("llm_int8", {})
     row.float_column_fraction = llm_int8.get("float_column_fraction")
-    if a.onnx and name.startswith("llm_int8"):
+    if a.onnx and name in ONNX_ROWS:
         path = qpass.export_onnx(q, example, a.out / f"{name}.onnx")
         parity = compare(q, path, evals, threads=a.threads, progress=True)
         row.ppl, row.onnx_ppl, row.onnx_rel_diff = (parity.reference_ppl, parity.candidate_ppl,
