@@ -14,6 +14,7 @@ from qpass.config import (
     Recipe,
 )
 from qpass.registry import Registry
+from qpass.transform.smoothquant import SmoothQuant
 
 RECIPES: Registry[Recipe] = Registry("recipe", "qpass.recipes")
 
@@ -41,6 +42,11 @@ RECIPES.add("w8a8_static", Recipe(
         reason="recipe w8a8_static"),
     description="int8 weights per output channel; int8 activations per tensor, "
                 "MinMax-calibrated (static)"))
+
+RECIPES.add("w8a8_dynamic_smoothquant", RECIPES.get("w8a8_dynamic").replace(
+    name="w8a8_dynamic_smoothquant", passes=(SmoothQuant(alpha=None),),
+    description="w8a8_dynamic after SmoothQuant with its migration strength alpha searched "
+                "per scale group on the calibration data"))
 
 
 RECIPES.add("w4a16_g128", Recipe(

@@ -14,11 +14,11 @@ from qpass.recipes import RECIPES, resolve_recipe
 from qpass.registry import Registry
 
 
-@pytest.mark.parametrize("name", ["w8a16", "w8a8_dynamic", "w8a8_static"])
+@pytest.mark.parametrize("name", list(RECIPES))
 def test_builtin_recipes_round_trip_through_dicts(name):
     recipe = RECIPES.get(name)
     assert Recipe.from_dict(recipe.to_dict()).to_dict() == recipe.to_dict()
-    assert resolve_recipe(recipe.to_dict()).precision.weight == recipe.precision.weight
+    assert resolve_recipe(recipe.to_dict()) == recipe
 
 
 def test_invalid_specs_name_the_field_and_what_is_allowed():
