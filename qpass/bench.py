@@ -13,13 +13,12 @@ import json
 import logging
 import time
 from dataclasses import asdict, dataclass
-from pathlib import Path
 
 import onnx
-import torch
 
 import qpass
-from qpass.eval import load_model, perplexity, wikipedia_token_slices
+from qpass.bench_setup import add_protocol_args, bench_setup
+from qpass.eval import perplexity
 from qpass.eval.parity import Parity, compare, perturbed
 from qpass.export.ort_baselines import ort_quantize_dynamic, ort_quantize_static
 from qpass.export.ort_latency import measure_latency
@@ -46,13 +45,9 @@ def _args(argv: list[str] | None) -> argparse.Namespace:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("model", choices=sorted(BENCH_MODELS))
     p.add_argument("--recipes", nargs="+", default=list(RECIPES))
-    p.add_argument("--calib-windows", type=int, default=8)
-    p.add_argument("--eval-windows", type=int, default=12)
-    p.add_argument("--window", type=int, default=512)
-    p.add_argument("--threads", type=int, default=2)
     p.add_argument("--repeats", type=int, default=5, help="timed forwards per session")
     p.add_argument("--no-ort-baselines", action="store_true")
-    p.add_argument("--out", type=Path, default=Path("exports/bench"))
+    add_protocol_args(p, "bench")
     return p.parse_args(argv)
 
 
@@ -120,16 +115,9 @@ def print_table(rows: list[Row], eager_vs_captured: Parity) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(level=logging.WARNING, format="%(message)s")
-    logging.getLogger("qpass").setLevel(logging.INFO)
     a = _args(argv)
-    torch.set_num_threads(a.threads)
-    a.out.mkdir(parents=True, exist_ok=True)
-    loaded = load_model(BENCH_MODELS[a.model])
-    calib, evals = wikipedia_token_slices(loaded.tokenizer, calib_windows=a.calib_windows,
-                                          eval_windows=a.eval_windows, window=a.window)
-    example = (calib[:1],)
-    gm = qpass.capture(loaded.module, example)
+    b = bench_setup(a, BENCH_MODELS[a.model])
+    loaded, calib, evals, example, gm = b.loaded, b.calib, b.evals, b.example, b.gm
     eager_vs_captured = compare(loaded.module, gm, evals, threads=a.threads, progress=True)
     rows = _qpass_rows(a, gm, example, calib, evals)
     if not a.no_ort_baselines:

@@ -26,8 +26,8 @@ import torch
 from torch import nn
 
 import qpass
+from qpass.bench_setup import add_protocol_args, bench_setup
 from qpass.config import PerGroup
-from qpass.eval import load_model, wikipedia_token_slices
 from qpass.eval.ort import ort_session
 from qpass.eval.parity import Parity, compare, perturbed
 from qpass.export import validate
@@ -147,28 +147,16 @@ def _args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("model", choices=sorted(BENCH_MODELS))
     p.add_argument("--formats", nargs="+", default=list(FORMATS))
     p.add_argument("--profiles", nargs="+", default=list(PROFILES))
-    p.add_argument("--calib-windows", type=int, default=8)
-    p.add_argument("--eval-windows", type=int, default=12)
-    p.add_argument("--window", type=int, default=512)
-    p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--out", type=Path, default=Path("exports/bench_formats"))
+    add_protocol_args(p, "bench_formats")
     return p.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(level=logging.WARNING, format="%(message)s")
-    logging.getLogger("qpass").setLevel(logging.INFO)
     a = _args(argv)
-    torch.set_num_threads(a.threads)
-    a.out.mkdir(parents=True, exist_ok=True)
-    loaded = load_model(BENCH_MODELS[a.model])
-    calib, evals = wikipedia_token_slices(loaded.tokenizer, calib_windows=a.calib_windows,
-                                          eval_windows=a.eval_windows, window=a.window)
-    example = (calib[:1],)
-    gm = qpass.capture(loaded.module, example)
+    b = bench_setup(a, BENCH_MODELS[a.model])
+    evals, example, gm, batches = b.evals, b.example, b.gm, b.batches
     fp32 = qpass.export_onnx(gm, example, a.out / "fp32.onnx")
     fp32_mb = fp32.stat().st_size / 1e6
-    batches = [(calib[i:i + 1],) for i in range(len(calib))]
     rows = []
     for fmt in a.formats:
         try:

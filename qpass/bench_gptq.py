@@ -20,7 +20,6 @@ import json
 import logging
 import time
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -28,8 +27,9 @@ import torch.fx as fx
 
 import qpass
 from qpass.bench_observers import PeakRSS, release_memory
+from qpass.bench_setup import add_protocol_args, bench_setup
 from qpass.config import LayerPrecision, PerChannel, PerGroup, QuantSpec, Recipe
-from qpass.eval import load_model, perplexity, wikipedia_token_slices
+from qpass.eval import perplexity
 from qpass.passes import PassContext, run_passes
 from qpass.transform.awq import AWQ
 from qpass.transform.gptq import GPTQ
@@ -100,14 +100,10 @@ def _args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--granularity", nargs="+", default=list(GRANULARITIES),
                    choices=list(GRANULARITIES))
     p.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
-    p.add_argument("--calib-windows", type=int, default=8)
-    p.add_argument("--eval-windows", type=int, default=12)
-    p.add_argument("--window", type=int, default=512)
-    p.add_argument("--threads", type=int, default=2)
     p.add_argument("--onnx", action="store_true", help="export 4-bit g128 GPTQ, compare ORT")
     p.add_argument("--depth", nargs="*", type=int, default=[],
                    help="also measure GPTQ/AWQ peak memory with the model cut to these depths")
-    p.add_argument("--out", type=Path, default=Path("exports/bench_gptq"))
+    add_protocol_args(p, "bench_gptq")
     return p.parse_args(argv)
 
 
@@ -190,17 +186,10 @@ def print_tables(rows: list[Row], fp32: float, onnx: dict | None, depth: list[di
 
 
 def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(level=logging.WARNING, format="%(message)s")
-    logging.getLogger("qpass").setLevel(logging.INFO)
     a = _args(argv)
-    torch.set_num_threads(a.threads)
-    a.out.mkdir(parents=True, exist_ok=True)
-    loaded = load_model(BENCH_MODELS[a.model])
-    calib, evals = wikipedia_token_slices(loaded.tokenizer, calib_windows=a.calib_windows,
-                                          eval_windows=a.eval_windows, window=a.window)
-    example = (calib[:1],)
-    batches = [(calib[i:i + 1],) for i in range(len(calib))]
-    gm = qpass.capture(loaded.module, example)
+    b = bench_setup(a, BENCH_MODELS[a.model])
+    loaded, evals, example, gm = b.loaded, b.evals, b.example, b.gm
+    batches = b.batches
     fp32 = perplexity(gm, evals, a.window, progress=True)
     rows = _rows(a, gm, example, batches, evals)
     onnx = _onnx(a, gm, example, batches, evals) if a.onnx else None

@@ -23,7 +23,6 @@ import logging
 import math
 import time
 from dataclasses import asdict, dataclass
-from pathlib import Path
 
 import torch
 import torch.fx as fx
@@ -31,7 +30,8 @@ import torch.fx as fx
 import qpass
 from qpass.bench import BENCH_MODELS
 from qpass.bench_observers import observer_recipe
-from qpass.eval import load_model, perplexity, wikipedia_token_slices
+from qpass.bench_setup import add_protocol_args, bench_setup
+from qpass.eval import perplexity
 from qpass.eval.parity import compare
 from qpass.policies import LlmInt8, Sensitivity
 from qpass.policies.simulate import simulated_matmul
@@ -69,11 +69,7 @@ def _args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--onnx", action="store_true",
                    help="export the llm_int8 and smoothquant rows, run them in ONNX Runtime")
     p.add_argument("--validate", type=int, default=0, metavar="N")
-    p.add_argument("--calib-windows", type=int, default=8)
-    p.add_argument("--eval-windows", type=int, default=12)
-    p.add_argument("--window", type=int, default=512)
-    p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--out", type=Path, default=Path("exports/bench_policies"))
+    add_protocol_args(p, "bench_policies")
     return p.parse_args(argv)
 
 
@@ -171,18 +167,10 @@ def print_table(rows: list[Row]) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(level=logging.WARNING, format="%(message)s")
-    for name in ("qpass", "qpass.bench_policies"):
-        logging.getLogger(name).setLevel(logging.INFO)
     a = _args(argv)
-    torch.set_num_threads(a.threads)
-    a.out.mkdir(parents=True, exist_ok=True)
-    loaded = load_model(BENCH_MODELS[a.model])
-    calib, evals = wikipedia_token_slices(loaded.tokenizer, calib_windows=a.calib_windows,
-                                          eval_windows=a.eval_windows, window=a.window)
-    example = (calib[:1],)
-    gm = qpass.capture(loaded.module, example)
-    batches = [(calib[i:i + 1],) for i in range(len(calib))]
+    b = bench_setup(a, BENCH_MODELS[a.model], "qpass.bench_policies")
+    evals, example, gm = b.evals, b.example, b.gm
+    batches = b.batches
     rows, extra = [], {}
     for name in a.rows:
         if name == "fp32":

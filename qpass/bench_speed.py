@@ -27,7 +27,7 @@ import onnxruntime as ort
 import torch
 
 import qpass
-from qpass.eval import load_model, wikipedia_token_slices
+from qpass.bench_setup import add_protocol_args, bench_setup
 from qpass.eval.ort import ort_session
 from qpass.eval.perplexity import window_nll
 from qpass.export.ort_baselines import ort_quantize_dynamic, ort_quantize_static
@@ -54,14 +54,10 @@ def _args(argv: list[str] | None) -> argparse.Namespace:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("model", choices=sorted(BENCH_MODELS))
     p.add_argument("--recipes", nargs="+", default=["w8a8_dynamic", "w4a16_g128"])
-    p.add_argument("--calib-windows", type=int, default=8)
-    p.add_argument("--eval-windows", type=int, default=12)
-    p.add_argument("--window", type=int, default=512)
-    p.add_argument("--threads", type=int, default=2)
     p.add_argument("--repeats", type=int, default=10, help="timed forwards per row")
     p.add_argument("--no-ort-baselines", action="store_true")
     p.add_argument("--reuse", action="store_true", help="keep ONNX files already in --out")
-    p.add_argument("--out", type=Path, default=Path("exports/bench_speed"))
+    add_protocol_args(p, "bench_speed")
     return p.parse_args(argv)
 
 
@@ -156,16 +152,9 @@ def table(rows: list[SpeedRow]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(level=logging.WARNING, format="%(message)s")
-    logging.getLogger("qpass").setLevel(logging.INFO)
     a = _args(argv)
-    torch.set_num_threads(a.threads)
-    a.out.mkdir(parents=True, exist_ok=True)
-    loaded = load_model(BENCH_MODELS[a.model])
-    calib, evals = wikipedia_token_slices(loaded.tokenizer, calib_windows=a.calib_windows,
-                                          eval_windows=a.eval_windows, window=a.window)
-    example = (calib[:1],)
-    gm = qpass.capture(loaded.module, example)
+    b = bench_setup(a, BENCH_MODELS[a.model])
+    calib, evals, example, gm = b.calib, b.evals, b.example, b.gm
     rows = build_rows(a, gm, example, calib)
     measure(a, rows, evals)
     text = table(rows)

@@ -79,7 +79,7 @@ def pack_int4_weights(model: onnx.ModelProto) -> int:
     for node in model.graph.node:
         if node.op_type != "DequantizeLinear" or len(node.input) < 3:
             continue
-        w, zp = inits.get(node.input[0]), inits.get(node.input[2])
+        w, zp = inits.get(node.input[0]), _constant_zero_point(model, node, inits)
         if w is None or zp is None or zp.data_type not in _PACKED or w.data_type == zp.data_type:
             continue
         if w.name in packed:
@@ -95,8 +95,39 @@ def pack_int4_weights(model: onnx.ModelProto) -> int:
         w.CopyFrom(numpy_helper.from_array(values.astype(dtype), w.name))
         packed.add(w.name)
     _fix_value_info(model, {n: inits[n].data_type for n in packed})
+    used = {i for n in model.graph.node for i in n.input} | {o.name for o in model.graph.output}
+    for node in [n for n in model.graph.node if n.op_type == "Cast" and n.output[0] not in used]:
+        model.graph.node.remove(node)  # the zero-point Casts folded above
     log.debug("export: %d int4 weights packed", len(packed))
     return len(packed)
+
+
+def _constant_zero_point(model: onnx.ModelProto, dq: onnx.NodeProto,
+                         inits: dict[str, onnx.TensorProto]) -> onnx.TensorProto | None:
+    """The zero point of ``dq`` as an initializer, or None if it is not constant.
+
+    torch.onnx folds ``Cast(zero point, INT4)`` only for small tensors; a larger one (a
+    per-group zero point of a real LLM layer) stays a Cast of an initializer. It is folded
+    here into an INT4/UINT4 initializer that ``dq`` reads instead."""
+    name = dq.input[2]
+    if name in inits:
+        return inits[name]
+    if f"{name}_folded" in inits:  # a zero point shared with a DequantizeLinear folded before
+        dq.input[2] = f"{name}_folded"
+        return inits[dq.input[2]]
+    cast = next((n for n in model.graph.node if n.op_type == "Cast" and n.output[0] == name),
+                None)
+    if cast is None or cast.input[0] not in inits:
+        return None
+    to = next(a.i for a in cast.attribute if a.name == "to")
+    if to not in _PACKED:
+        return None
+    values = numpy_helper.to_array(inits[cast.input[0]])
+    folded = numpy_helper.from_array(values.astype(_PACKED[to]), f"{name}_folded")
+    model.graph.initializer.append(folded)
+    inits[folded.name] = folded
+    dq.input[2] = folded.name
+    return folded
 
 
 def _fix_value_info(model: onnx.ModelProto, types: dict[str, int]) -> None:

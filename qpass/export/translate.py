@@ -78,6 +78,9 @@ def _block_size(x, scale) -> tuple[int, int]:
     for d, (n, m) in enumerate(zip(x.shape, scale.shape, strict=True)):
         if m != n and m != 1:
             return d, int(n) // int(m)
+    for d, (n, m) in enumerate(zip(x.shape, scale.shape, strict=True)):
+        if m == 1 and n != 1:  # one block spans the axis (a group as wide as the layer)
+            return d, int(n)
     raise ValueError("qpass ONNX export: blocked qparams without a blocked axis")
 
 

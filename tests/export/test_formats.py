@@ -7,6 +7,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
+import torch
 
 import qpass
 from qpass.config import LayerPrecision, PerGroup, QuantSpec
@@ -104,3 +105,36 @@ def test_external_data_for_every_profile(tmp_path, monkeypatch, profile):
     assert [p.name for p in tmp_path.iterdir()] != [] and not list(tmp_path.glob(".*tmp"))
     assert validate(path, profile) == []
     _assert_matches(_optimized(path, tmp_path)[0], q, batches)
+
+
+class _Mlp(torch.nn.Module):
+    """A Llama-sized MLP input (576 = 4 x 128 + 64) and a layer narrower than one group."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.up = torch.nn.Linear(576, 1536)
+        self.down = torch.nn.Linear(1536, 64)
+        self.head = torch.nn.Linear(64, 8)
+
+    def forward(self, x):
+        return self.head(self.down(torch.relu(self.up(x))))
+
+
+@pytest.mark.parametrize("symmetric", [True, False])
+def test_real_sized_int4_groups_pack_and_run_as_matmulnbits(tmp_path, symmetric):
+    # torch.onnx leaves a large zero point as Cast(initializer); export folds it, so every
+    # weight is packed (the ort validator refuses INT8 weights with an INT4 zero point)
+    torch.manual_seed(0)
+    spec = QuantSpec("int4", symmetric=symmetric, granularity=PerGroup(128))
+    recipe = qpass.Recipe("w4_g128", LayerPrecision(spec), keep_float=())
+    x = torch.randn(2, 7, 576)
+    q = qpass.quantize(_Mlp().eval(), recipe, [(x,)], (x,), progress=False)
+    path = qpass.export_onnx(q, (x,), tmp_path / "w4.onnx", profile="ort")
+    model = onnx.load(path)
+    int4 = {t.name for t in model.graph.initializer if t.data_type == onnx.TensorProto.INT4}
+    dqs = [n for n in model.graph.node if n.op_type == "DequantizeLinear"]
+    assert len(dqs) == 3 and all(n.input[0] in int4 and n.input[2] in int4 for n in dqs)
+    session, ops = _optimized(path, tmp_path)
+    assert ops["MatMulNBits"] == 3 and ops["DequantizeLinear"] == 0
+    got = session.run(None, {session.get_inputs()[0].name: x.numpy()})[0]
+    np.testing.assert_allclose(got, q(x).detach().numpy(), rtol=1e-4, atol=1e-4)
