@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass
 import onnx
 
 import qpass
-from qpass.bench_setup import add_protocol_args, bench_setup
+from qpass.bench_setup import add_protocol_args, bench_parser, bench_setup
 from qpass.eval import perplexity
 from qpass.eval.parity import Parity, compare, perturbed
 from qpass.export.ort_baselines import ort_quantize_dynamic, ort_quantize_static
@@ -41,9 +41,7 @@ class Row:
 
 
 def _args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m qpass.bench", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("model", choices=sorted(BENCH_MODELS))
+    p = bench_parser("qpass.bench", __doc__, BENCH_MODELS)
     p.add_argument("--recipes", nargs="+", default=list(RECIPES))
     p.add_argument("--repeats", type=int, default=5, help="timed forwards per session")
     p.add_argument("--no-ort-baselines", action="store_true")

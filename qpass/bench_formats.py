@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 import qpass
-from qpass.bench_setup import add_protocol_args, bench_setup
+from qpass.bench_setup import add_protocol_args, bench_parser, bench_setup
 from qpass.config import PerGroup
 from qpass.eval.ort import ort_session
 from qpass.eval.parity import Parity, compare, perturbed
@@ -142,9 +142,7 @@ def print_table(rows: list[Row], fp32_mb: float) -> None:
 
 
 def _args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m qpass.bench_formats", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("model", choices=sorted(BENCH_MODELS))
+    p = bench_parser("qpass.bench_formats", __doc__, BENCH_MODELS)
     p.add_argument("--formats", nargs="+", default=list(FORMATS))
     p.add_argument("--profiles", nargs="+", default=list(PROFILES))
     add_protocol_args(p, "bench_formats")

@@ -27,7 +27,7 @@ import torch.fx as fx
 
 import qpass
 from qpass.bench_observers import PeakRSS, release_memory
-from qpass.bench_setup import add_protocol_args, bench_setup
+from qpass.bench_setup import add_protocol_args, bench_parser, bench_setup
 from qpass.config import LayerPrecision, PerChannel, PerGroup, QuantSpec, Recipe
 from qpass.eval import perplexity
 from qpass.passes import PassContext, run_passes
@@ -93,9 +93,7 @@ def truncated(module: torch.nn.Module, layers: int) -> torch.nn.Module:
 
 
 def _args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m qpass.bench_gptq", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("model", choices=sorted(BENCH_MODELS))
+    p = bench_parser("qpass.bench_gptq", __doc__, BENCH_MODELS)
     p.add_argument("--bits", nargs="+", type=int, default=[4, 3], choices=[3, 4, 8])
     p.add_argument("--granularity", nargs="+", default=list(GRANULARITIES),
                    choices=list(GRANULARITIES))

@@ -30,7 +30,7 @@ import torch.fx as fx
 import qpass
 from qpass.bench import BENCH_MODELS
 from qpass.bench_observers import observer_recipe
-from qpass.bench_setup import add_protocol_args, bench_setup
+from qpass.bench_setup import add_protocol_args, bench_parser, bench_setup
 from qpass.eval import perplexity
 from qpass.eval.parity import compare
 from qpass.policies import LlmInt8, Sensitivity
@@ -57,9 +57,7 @@ class Row:
 
 
 def _args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m qpass.bench_policies", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("model", choices=sorted(BENCH_MODELS))
+    p = bench_parser("qpass.bench_policies", __doc__, BENCH_MODELS)
     p.add_argument("--rows", nargs="+", default=list(ROWS), choices=ROWS)
     p.add_argument("--threshold", type=float, default=6.0)
     p.add_argument("--budget", type=float, default=0.05)

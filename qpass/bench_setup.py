@@ -20,6 +20,14 @@ import qpass
 from qpass.eval import LoadedModel, load_model, wikipedia_token_slices
 
 
+def bench_parser(module: str, doc: str | None, models: dict[str, str]) -> argparse.ArgumentParser:
+    """The parser of ``python -m <module>``: its docstring as help, the model as first argument."""
+    p = argparse.ArgumentParser(prog=f"python -m {module}", description=doc,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("model", choices=sorted(models))
+    return p
+
+
 def add_protocol_args(p: argparse.ArgumentParser, out: str) -> None:
     """The options of the protocol, and ``--out`` defaulting to ``exports/<out>``."""
     p.add_argument("--calib-windows", type=int, default=8)

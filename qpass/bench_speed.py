@@ -27,7 +27,7 @@ import onnxruntime as ort
 import torch
 
 import qpass
-from qpass.bench_setup import add_protocol_args, bench_setup
+from qpass.bench_setup import add_protocol_args, bench_parser, bench_setup
 from qpass.eval.ort import ort_session
 from qpass.eval.perplexity import window_nll
 from qpass.export.ort_baselines import ort_quantize_dynamic, ort_quantize_static
@@ -50,9 +50,7 @@ class SpeedRow:
 
 
 def _args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m qpass.bench_speed", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("model", choices=sorted(BENCH_MODELS))
+    p = bench_parser("qpass.bench_speed", __doc__, BENCH_MODELS)
     p.add_argument("--recipes", nargs="+", default=["w8a8_dynamic", "w4a16_g128"])
     p.add_argument("--repeats", type=int, default=10, help="timed forwards per row")
     p.add_argument("--no-ort-baselines", action="store_true")

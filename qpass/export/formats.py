@@ -75,11 +75,13 @@ def pack_int4_weights(model: onnx.ModelProto) -> int:
     values are checked to fit. Returns how many initializers were packed.
     """
     inits = {t.name: t for t in model.graph.initializer}
+    casts = {n.output[0]: n for n in model.graph.node if n.op_type == "Cast"}
+    folded: list[onnx.NodeProto] = []
     packed: set[str] = set()
     for node in model.graph.node:
         if node.op_type != "DequantizeLinear" or len(node.input) < 3:
             continue
-        w, zp = inits.get(node.input[0]), _constant_zero_point(model, node, inits)
+        w, zp = inits.get(node.input[0]), _constant_zero_point(model, node, inits, casts, folded)
         if w is None or zp is None or zp.data_type not in _PACKED or w.data_type == zp.data_type:
             continue
         if w.name in packed:
@@ -96,14 +98,16 @@ def pack_int4_weights(model: onnx.ModelProto) -> int:
         packed.add(w.name)
     _fix_value_info(model, {n: inits[n].data_type for n in packed})
     used = {i for n in model.graph.node for i in n.input} | {o.name for o in model.graph.output}
-    for node in [n for n in model.graph.node if n.op_type == "Cast" and n.output[0] not in used]:
-        model.graph.node.remove(node)  # the zero-point Casts folded above
+    for cast in folded:
+        if cast.output[0] not in used:  # every reader now reads the folded initializer
+            model.graph.node.remove(cast)
     log.debug("export: %d int4 weights packed", len(packed))
     return len(packed)
 
 
 def _constant_zero_point(model: onnx.ModelProto, dq: onnx.NodeProto,
-                         inits: dict[str, onnx.TensorProto]) -> onnx.TensorProto | None:
+                         inits: dict[str, onnx.TensorProto], casts: dict[str, onnx.NodeProto],
+                         folded_casts: list[onnx.NodeProto]) -> onnx.TensorProto | None:
     """The zero point of ``dq`` as an initializer, or None if it is not constant.
 
     torch.onnx folds ``Cast(zero point, INT4)`` only for small tensors; a larger one (a
@@ -115,8 +119,7 @@ def _constant_zero_point(model: onnx.ModelProto, dq: onnx.NodeProto,
     if f"{name}_folded" in inits:  # a zero point shared with a DequantizeLinear folded before
         dq.input[2] = f"{name}_folded"
         return inits[dq.input[2]]
-    cast = next((n for n in model.graph.node if n.op_type == "Cast" and n.output[0] == name),
-                None)
+    cast = casts.get(name)
     if cast is None or cast.input[0] not in inits:
         return None
     to = next(a.i for a in cast.attribute if a.name == "to")
@@ -127,6 +130,7 @@ def _constant_zero_point(model: onnx.ModelProto, dq: onnx.NodeProto,
     model.graph.initializer.append(folded)
     inits[folded.name] = folded
     dq.input[2] = folded.name
+    folded_casts.append(cast)
     return folded
 
 
