@@ -5,7 +5,7 @@ qpass rows: the built-in ``w8a8_static`` recipe with only the activation observe
 ORT rows: ``quantize_static`` (the options of ``ort_baselines.ort_quantize_static``) on the
 FP32 ONNX export of the same captured model and calibration batches, one per method. Times are
 ratios to plain FP32 forwards of the captured model over the calibration batches; memory is
-the peak RSS (``/proc/self/statm``, sampled in a thread) above the RSS at the phase's start.
+the peak RSS (the kernel's high-water mark, reset at the phase's start) above the RSS then.
 A second table checks that histogram observers' memory does not grow with the batch count.
 """
 
@@ -56,9 +56,33 @@ def _rss_bytes() -> int:
         return psutil.Process().memory_info().rss
 
 
+def _reset_high_water_mark() -> bool:
+    """Reset the kernel's peak-RSS counter (VmHWM) of this process; False where it can't."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def _high_water_mark() -> int:
+    """The peak RSS (VmHWM) since the last reset, in bytes; 0 where /proc has none."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError):
+        pass
+    return 0
+
+
 class PeakRSS:
-    """``with PeakRSS() as m: ...`` samples the RSS every ``interval`` s in a thread;
-    afterwards ``m.start``, ``m.peak`` and ``m.increase`` are in bytes."""
+    """``with PeakRSS() as m: ...``: the peak RSS inside the block. Exact on Linux (the
+    kernel's VmHWM, reset on entry); also sampled every ``interval`` s in a thread, which is
+    all there is elsewhere and misses peaks shorter than the interval (an LLM's logits live a
+    few ms). Afterwards ``m.start``, ``m.peak`` and ``m.increase`` are in bytes."""
 
     def __init__(self, interval: float = 0.005) -> None:
         self.interval = interval
@@ -71,6 +95,7 @@ class PeakRSS:
             self.peak = max(self.peak, _rss_bytes())
 
     def __enter__(self) -> PeakRSS:
+        self._exact = _reset_high_water_mark()
         self.start = self.peak = _rss_bytes()
         self._thread.start()
         return self
@@ -78,7 +103,7 @@ class PeakRSS:
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
         self._thread.join()
-        self.peak = max(self.peak, _rss_bytes())
+        self.peak = max(self.peak, _rss_bytes(), _high_water_mark() if self._exact else 0)
 
     @property
     def increase(self) -> int:  # bytes
@@ -281,7 +306,7 @@ def main(argv: list[str] | None = None) -> int:
         rows += ort_rows(fp32_onnx, a.out, batches, evals, a.ort_methods, a.threads)
     print(f"\nSmolLM2-135M W8A8, static per-tensor activations; calibration {a.calib_windows}"
           f"×{a.window} tokens, evaluation {a.eval_windows}×{a.window}; 1 FP32 fwd = {fwd_s:.2f}"
-          " s over all calibration batches; RSS sampled from /proc/self/statm every 5 ms\n")
+          " s over all calibration batches; peak RSS from the kernel's high-water mark\n")
     print(format_table(rows, fwd_s))
     if mem:
         head = ("observer", *(f"{k} ({n} batches)" for n in a.memory_batches

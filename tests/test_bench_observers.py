@@ -10,6 +10,7 @@ from qpass.bench_observers import (
     OBSERVER_NAMES,
     PeakRSS,
     Row,
+    _reset_high_water_mark,
     format_table,
     markdown_table,
     observer_recipe,
@@ -74,6 +75,16 @@ def test_peak_rss_sees_a_torch_allocation() -> None:
         x += 1
         del x
     assert mem.start > 0 and mem.peak >= mem.start
+    assert mem.increase > 64 * 2**20
+
+
+@pytest.mark.skipif(not _reset_high_water_mark(), reason="needs Linux /proc/self/clear_refs")
+def test_peak_rss_sees_a_peak_shorter_than_its_sampling_interval() -> None:
+    # sampling every 10 s never fires inside this block: only the kernel's VmHWM sees it
+    release_memory()
+    with PeakRSS(interval=10.0) as mem:
+        x = torch.ones(128 * 2**20 // 4)
+        del x
     assert mem.increase > 64 * 2**20
 
 
