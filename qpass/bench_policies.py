@@ -12,7 +12,12 @@ disjoint part of the Wikipedia text). Rows (``--rows`` picks some):
   checks its linearized score against quantizing each of N sites alone (one forward each);
 - ``w8a8_dynamic_smoothquant``: ``w8a8_dynamic`` after SmoothQuant with α searched per group;
 - ``w8a8_static_smoothquant``: ``w8a8_static`` with the ``--observer`` activation observer,
-  after SmoothQuant with α searched per group, plus the sensitivity policy within ``--budget``.
+  after SmoothQuant with α searched per group, plus the sensitivity policy within ``--budget``;
+- ``w8a8_static_smoothquant_llm_int8``: the same static per-tensor activations after
+  SmoothQuant, with a static LLM.int8() split (``--threshold``; the int8 part's range is
+  calibrated without the outlier columns) and the sensitivity policy within ``--split-budget``.
+
+The float weight fraction counts float sites and the outlier columns' weights.
 """
 
 from __future__ import annotations
@@ -40,9 +45,10 @@ from qpass.transform.smoothquant import SmoothQuant
 
 log = logging.getLogger("qpass.bench_policies")
 ROWS = ("fp32", "w8a8_dynamic", "llm_int8_static", "llm_int8_dynamic", "w8a8_static",
-        "w8a8_static_sensitivity", "w8a8_dynamic_smoothquant", "w8a8_static_smoothquant")
+        "w8a8_static_sensitivity", "w8a8_dynamic_smoothquant", "w8a8_static_smoothquant",
+        "w8a8_static_smoothquant_llm_int8")
 ONNX_ROWS = ("llm_int8_static", "llm_int8_dynamic", "w8a8_dynamic_smoothquant",
-             "w8a8_static_smoothquant")  # exported with --onnx
+             "w8a8_static_smoothquant", "w8a8_static_smoothquant_llm_int8")  # with --onnx
 
 
 @dataclass
@@ -61,6 +67,9 @@ def _args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--rows", nargs="+", default=list(ROWS), choices=ROWS)
     p.add_argument("--threshold", type=float, default=6.0)
     p.add_argument("--budget", type=float, default=0.05)
+    p.add_argument("--split-budget", type=float, default=0.03,
+                   help="sensitivity budget of w8a8_static_smoothquant_llm_int8, whose outlier "
+                        "columns keep more of the weights float")
     p.add_argument("--observer", default="percentile_99.99",
                    help="activation observer of w8a8_static_smoothquant")
     p.add_argument("--probes", type=int, default=8)
@@ -85,13 +94,19 @@ def _recipe(name: str, a: argparse.Namespace) -> qpass.Recipe:
     if name == "w8a8_static_smoothquant":
         return observer_recipe(a.observer).replace(
             name=name, passes=(SmoothQuant(alpha=None),), policies=(sensitivity,))
+    if name == "w8a8_static_smoothquant_llm_int8":
+        static = observer_recipe(a.observer)
+        split = LlmInt8(a.threshold, precision=static.precision)
+        return static.replace(name=name, passes=(SmoothQuant(alpha=None),),
+                              policies=(split, Sensitivity(float_budget=a.split_budget,
+                                                           probes=a.probes)))
     return qpass.resolve_recipe(name)
 
 
 def _float_weight_fraction(q: fx.GraphModule) -> float:
     rows = [r for r in qpass.precision_report(q) if "keep_float" not in r["reason"]]
     total = sum(r["weights"] for r in rows)
-    return sum(r["weights"] for r in rows if r["float"]) / total
+    return sum(r["float_weights"] for r in rows) / total
 
 
 def _row(name: str, a, gm, example, batches, evals) -> tuple[Row, fx.GraphModule]:

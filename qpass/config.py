@@ -114,6 +114,8 @@ class LayerPrecision:
     columns whose |x| exceeds it stay float, the rest run through the quantized path.
     ``outlier_mode="static"`` uses the ``outlier_columns`` fixed at calibration;
     ``"dynamic"`` finds the columns from each batch at run time, as bitsandbytes does.
+    A static split may quantize its activations statically: their range is calibrated with
+    the outlier columns zeroed, which is what the int8 part sees.
     """
 
     weight: QuantSpec | None = None
@@ -143,10 +145,11 @@ class LayerPrecision:
             raise _bad("LayerPrecision", "weight", None,
                        "a weight spec when outlier_threshold is set (the split needs a "
                        "quantized path)")
-        if t is not None and _is_static(self.activation):
+        if t is not None and self.outlier_mode == "dynamic" and _is_static(self.activation):
             raise _bad("LayerPrecision", "activation.dynamic", False,
-                       "dynamic activations (or activation=None) with outlier_threshold: a "
-                       "static range would be calibrated with the outlier columns in it")
+                       "dynamic activations (or activation=None) with outlier_mode='dynamic': "
+                       "its columns change per batch, so no calibrated range fits them; use "
+                       "outlier_mode='static' for static activations")
         if cols is None:
             return
         if not isinstance(cols, tuple | list) or not all(

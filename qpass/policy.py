@@ -20,7 +20,7 @@ from typing import Any
 import torch.fx as fx
 
 from qpass.config import LayerPrecision, Recipe
-from qpass.quantizable import Site, fetch_attr
+from qpass.quantizable import Site, canonical_weight, fetch_attr
 from qpass.registry import Registry
 
 POLICIES: Registry[type[Policy]] = Registry("policy", "qpass.policies")
@@ -80,12 +80,16 @@ def recipe_policies(recipe: Recipe) -> list[Policy]:
     return [Uniform(recipe.precision), KeepFloat(recipe.keep_float), *recipe.policies]
 
 
+def _site_summary(gm: fx.GraphModule, s: Site) -> dict[str, Any]:
+    w = canonical_weight(fetch_attr(gm, str(s.weight_node.target)), s.op)  # [N, K]
+    return {"fqn": s.fqn, "op": s.op_type, "weights": w.numel(), "in_features": w.shape[1]}
+
+
 def assign_precisions(sites: list[Site], policies: list[Policy],
                       ctx: PolicyContext) -> dict[str, LayerPrecision]:
     """Apply ``policies`` in order (later ones win); sites nobody assigns stay float."""
     ctx.current = {s.node.name: LayerPrecision(reason="no policy assigned it") for s in sites}
-    ctx.report["sites"] = {s.node.name: {"fqn": s.fqn, "op": s.op_type, "weights": fetch_attr(
-        ctx.gm, str(s.weight_node.target)).numel()} for s in sites}
+    ctx.report["sites"] = {s.node.name: _site_summary(ctx.gm, s) for s in sites}
     history: dict[str, list[str]] = ctx.report.setdefault("assigned_by", {})
     for policy in policies:
         try:

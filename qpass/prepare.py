@@ -13,11 +13,12 @@ import torch.fx as fx
 from qpass.calibrate.calibrate import CalibrationDataError, check_batch
 from qpass.capture import as_tuple, capture
 from qpass.config import QuantSpec, Recipe
+from qpass.convert.outliers import keep_mask
 from qpass.observe import make_observer
 from qpass.observe.module import ObserverModule
 from qpass.passes import PassContext, run_passes
 from qpass.policy import PolicyContext, assign_precisions, recipe_policies
-from qpass.quantizable import Site, find_sites
+from qpass.quantizable import Site, canonical_weight, fetch_attr, find_sites
 from qpass.recipes import resolve_recipe
 from qpass.state import META_KEY, InputSig, QpassState
 
@@ -40,18 +41,24 @@ def _input_sigs(gm: fx.GraphModule, args: tuple[Any, ...] | None) -> tuple[Input
 
 
 def _insert_observers(gm: fx.GraphModule, sites: list[Site], state: QpassState) -> None:
-    shared: dict[tuple[str, QuantSpec], fx.Node] = {}
-    consumers: dict[tuple[str, QuantSpec], list[str]] = {}
+    """One observer per (activation, spec, outlier columns): q/k/v share theirs."""
+    Key = tuple[str, QuantSpec, tuple[int, ...] | None]
+    shared: dict[Key, fx.Node] = {}
+    consumers: dict[Key, list[str]] = {}
     for site in sites:
-        spec = state.precisions[site.node.name].activation
+        prec = state.precisions[site.node.name]
+        spec = prec.activation
         if spec is None or spec.dynamic:
             continue
         x = site.activation_node
-        key = (x.name, spec)
+        cols = prec.outlier_columns  # set for a static split only (LayerPrecision checks)
+        key = (x.name, spec, cols)
         consumers.setdefault(key, []).append(site.fqn or site.node.name)
         if key not in shared:
             name = f"qpass_observer_{len(shared)}"
-            gm.add_submodule(name, ObserverModule(make_observer(spec), (), x.name))
+            k = canonical_weight(fetch_attr(gm, str(site.weight_node.target)), site.op).shape[1]
+            keep = keep_mask(cols, k, torch.float32) if cols else None
+            gm.add_submodule(name, ObserverModule(make_observer(spec), (), x.name, keep))
             with gm.graph.inserting_after(x):
                 shared[key] = gm.graph.call_module(name, (x,))
             state.observers[name] = x.name

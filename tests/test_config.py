@@ -77,8 +77,13 @@ def test_layer_precision_outlier_fields_validate_and_round_trip():
         LayerPrecision(w, a, outlier_threshold=6.0, outlier_mode="sometimes")
     with pytest.raises(ValueError, match=r"LayerPrecision.weight=None.*outlier_threshold"):
         LayerPrecision(outlier_threshold=6.0)
-    with pytest.raises(ValueError, match=r"LayerPrecision.activation.dynamic=False"):
-        LayerPrecision(w, QuantSpec(granularity=PerTensor()), outlier_threshold=6.0)
+    static = QuantSpec(granularity=PerTensor())
+    with pytest.raises(ValueError, match=r"LayerPrecision.activation.dynamic=False.*"
+                                         r"outlier_mode='dynamic'"):
+        LayerPrecision(w, static, outlier_threshold=6.0, outlier_mode="dynamic")
+    # a static split calibrates its static range with the outlier columns zeroed
+    split = LayerPrecision(w, static, outlier_threshold=6.0, outlier_columns=(2,))
+    assert split.activation == static
     with pytest.raises(ValueError, match=r"LayerPrecision.outlier_columns=\(1,\).*None unless"):
         LayerPrecision(w, a, outlier_columns=(1,))
     with pytest.raises(ValueError, match=r"LayerPrecision.outlier_columns=\(-1,\)"):

@@ -58,12 +58,19 @@ class _Builder:
             node.meta["nn_module_stack"] = meta_from.meta["nn_module_stack"]
         return node
 
-    def static_activation(self, x: fx.Node, spec: QuantSpec, site: fx.Node) -> fx.Node:
-        """x is an observer node: one Q/DQ pair per observer, shared by its consumers."""
+    def static_activation(self, x: fx.Node, spec: QuantSpec, site: fx.Node,
+                          keep: torch.Tensor | None = None) -> fx.Node:
+        """x is an observer node: one Q/DQ pair per observer, shared by its consumers.
+        ``keep`` (an LLM.int8() static split's column mask) quantizes x * keep instead."""
         key = str(x.target)
         if key not in self.act_cache:
             observer = self.gm.get_submodule(key).observer
             scale, zp = observer.qparams(spec)
+            if keep is not None:
+                with self.gm.graph.inserting_after(x):
+                    k = self.buffer(f"{key}_outlier_keep", keep)
+                with self.gm.graph.inserting_after(k):
+                    x = self.call(aten.mul.Tensor, (x, k), site)
             with self.gm.graph.inserting_after(x):
                 s = self.buffer(f"{key}_scale", scale)
             with self.gm.graph.inserting_after(s):

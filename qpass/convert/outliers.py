@@ -8,6 +8,9 @@ static (columns fixed at calibration, ``outlier_columns``)::
     x_out = index_select(x, -1, cols)     [..., n]
     y     = matmul(QDQ(x_in), DQ(W_q)) + matmul(x_out, W[:, cols].T) (+ b)
 
+  QDQ(x_in) is per token at run time, or static per tensor with the range its observer
+  calibrated on x * keep (one x_in and one Q/DQ pair per observer, shared by q/k/v).
+
   W_q is quantized from W with the outlier columns zeroed, so their (often large) weights do
   not stretch the per-channel scales; the float part keeps the exact float weights. In ONNX
   that is two MatMuls plus an Add.
@@ -41,6 +44,13 @@ if TYPE_CHECKING:
 aten = torch.ops.aten
 
 
+def keep_mask(columns: tuple[int, ...], k: int, dtype: torch.dtype) -> torch.Tensor:
+    """[k]: 0 at a static split's outlier ``columns``, 1 elsewhere."""
+    keep = torch.ones(k, dtype=dtype)
+    keep[list(columns)] = 0
+    return keep
+
+
 def outlier_mask(x: torch.Tensor, threshold: float) -> torch.Tensor:
     """[K] bool: the input columns whose |x| exceeds ``threshold`` anywhere in ``x``."""
     return x.reshape(-1, x.shape[-1]).abs().amax(dim=0) > threshold
@@ -56,9 +66,14 @@ def _quantize(weight: torch.Tensor, prec: LayerPrecision, node: fx.Node) -> Quan
 
 def _int8_part(b: _Builder, x: fx.Node, qw: QuantizedWeight, prec: LayerPrecision,
                name: str, node: fx.Node) -> tuple[fx.Node, fx.Node]:
-    """(y_q, DQ(W_q)) for the quantized path of ``x``."""
-    if prec.activation is not None:  # LayerPrecision allows dynamic activations only here
+    """(y_q, DQ(W_q)) for the quantized path of ``x`` (dynamic activations)."""
+    if prec.activation is not None:
         x = b.dynamic_activation(x, prec.activation, node)
+    return _times_weight(b, x, qw, name, node)
+
+
+def _times_weight(b: _Builder, x: fx.Node, qw: QuantizedWeight, name: str,
+                  node: fx.Node) -> tuple[fx.Node, fx.Node]:
     wq = b.buffer(f"{name}.weight_q", qw.q)
     ws = b.buffer(f"{name}.weight_scale", qw.scale)
     wz = b.buffer(f"{name}.weight_zero_point", qw.zero_point)
@@ -76,11 +91,14 @@ def _static_split(b: _Builder, x: fx.Node, weight: torch.Tensor, prec: LayerPrec
                          "this graph")
     w_in = weight.clone()
     w_in[:, cols] = 0
-    keep = torch.ones(k, dtype=weight.dtype)
-    keep[cols] = 0
+    keep = keep_mask(prec.outlier_columns, k, weight.dtype)
     qw = _quantize(w_in, prec, node)
-    x_in = b.call(aten.mul.Tensor, (x, b.buffer(f"{name}.outlier_keep", keep)), node)
-    y, _ = _int8_part(b, x_in, qw, prec, name, node)
+    if prec.activation is not None and not prec.activation.dynamic:  # x: its observer
+        x_in = b.static_activation(x, prec.activation, node, keep=keep if len(cols) else None)
+        y, _ = _times_weight(b, x_in, qw, name, node)
+    else:
+        x_in = b.call(aten.mul.Tensor, (x, b.buffer(f"{name}.outlier_keep", keep)), node)
+        y, _ = _int8_part(b, x_in, qw, prec, name, node)
     if not len(cols):
         return y
     x_out = b.call(aten.index_select.default,

@@ -12,13 +12,18 @@ class NonFiniteActivationError(ValueError):
 
 
 class ObserverModule(torch.nn.Module):
-    """Passes its input through unchanged, feeding it to ``observer`` while ``enabled``."""
+    """Passes its input through unchanged, feeding it to ``observer`` while ``enabled``.
 
-    def __init__(self, observer: Observer, consumers: tuple[str, ...], source: str) -> None:
+    ``keep`` ([K], 1 or 0 per input column) observes ``x * keep`` instead: what the int8 part
+    of an LLM.int8() static split quantizes, its outlier columns zeroed."""
+
+    def __init__(self, observer: Observer, consumers: tuple[str, ...], source: str,
+                 keep: torch.Tensor | None = None) -> None:
         super().__init__()
         self.observer = observer
         self.consumers = consumers  # module FQNs of the ops that read this activation
         self.source = source  # the FX node that produces it
+        self.keep = keep
         self.enabled = True
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -31,8 +36,10 @@ class ObserverModule(torch.nn.Module):
                     "Check the calibration batch and the layers before it (overflow in "
                     "float16? uninitialized weights?); qpass cannot choose a range from them"
                 )
-            self.observer.update(x)
+            self.observer.update(x if self.keep is None else x * self.keep.to(x.dtype))
         return x
 
     def extra_repr(self) -> str:
-        return f"{type(self.observer).__name__}({self.observer.spec.format}) for {self.consumers}"
+        split = "" if self.keep is None else f", {int((self.keep == 0).sum())} columns zeroed"
+        return (f"{type(self.observer).__name__}({self.observer.spec.format}) for "
+                f"{self.consumers}{split}")

@@ -45,8 +45,9 @@ class LlmInt8(Policy):
     """Split each quantized site into an int8 part and a float part for outlier columns.
 
     ``precision`` is the quantized part (default: LLM.int8()'s vector-wise int8); its
-    activations must be dynamic or float. ``max_batches`` limits the calibration batches
-    read in static mode (default: all of them).
+    activations may be dynamic or float, and in static mode also static per tensor (their
+    range is then calibrated with the outlier columns zeroed). ``max_batches`` limits the
+    calibration batches read in static mode (default: all of them).
     """
 
     threshold: float = 6.0

@@ -5,7 +5,8 @@ policies' reports) from a prepared, calibrated or converted GraphModule and retu
 dict per site, in graph order, ready for JSON or the HTML report::
 
     {"node": "linear_3", "fqn": "model.layers.0.mlp.down_proj", "op": "linear",
-     "weights": 884736, "float": False, "precision": "W int8 per_channel | A int8 per_token dyn",
+     "weights": 884736, "float": False, "float_weights": 1152,
+     "precision": "W int8 per_channel | A int8 per_token dyn",
      "weight": {...QuantSpec.to_dict()...} | None, "activation": {...} | None,
      "reason": "llm_int8 static: 2 of 1536 input columns with |x| > 6.0 stay float",
      "assigned_by": ["uniform", "keep_float", "llm_int8"],
@@ -49,6 +50,18 @@ def describe_precision(prec: LayerPrecision) -> str:
     return text
 
 
+def _float_weights(prec: LayerPrecision, site: dict[str, Any]) -> int | None:
+    """Weight elements the site keeps in float: all of a float site, the outlier columns'
+    of a static LLM.int8() split, none otherwise."""
+    n = site.get("weights")
+    if n is None or prec.is_float:
+        return n
+    cols = prec.outlier_columns if prec.outlier_mode == "static" else None
+    if not cols or not site.get("in_features"):
+        return 0
+    return n // site["in_features"] * len(cols)
+
+
 def _outliers(prec: LayerPrecision) -> dict[str, Any] | None:
     if prec.outlier_threshold is None:
         return None
@@ -72,6 +85,7 @@ def precision_report(gm: fx.GraphModule) -> list[dict[str, Any]]:
         rows.append({
             "node": name, "fqn": state.fqns.get(name, site.get("fqn", "")),
             "op": site.get("op"), "weights": site.get("weights"), "float": prec.is_float,
+            "float_weights": _float_weights(prec, site),
             "precision": describe_precision(prec),
             "weight": prec.weight and prec.weight.to_dict(),
             "activation": prec.activation and prec.activation.to_dict(),

@@ -4,6 +4,7 @@ import pytest
 import torch
 
 import qpass
+from qpass.config import LayerPrecision, PerChannel, PerTensor, QuantSpec
 from qpass.policies import LlmInt8
 
 K, N, THRESHOLD = 16, 8, 6.0
@@ -80,6 +81,39 @@ def test_static_split_uses_calibrated_columns_and_exact_float_weights():
     matmuls = [n for n in q.graph.nodes if str(n.target) == "aten.matmul.default"]
     assert len(matmuls) == 2
     assert any(str(n.target) == "aten.index_select.default" for n in q.graph.nodes)
+
+
+def test_static_split_with_static_activations_calibrates_the_range_without_the_outliers():
+    """int8 part per tensor, its symmetric MinMax range taken over x * keep on the calibration
+    batches (float64 reference, no qpass code); the outlier columns stay exact in float."""
+    model, lin = _model(), None
+    lin = model[0]
+    calib = [_x([3, 9], seed=1), _x([9], seed=2)]
+    static = LayerPrecision(QuantSpec("int8", granularity=PerChannel(0)),
+                            QuantSpec("int8", granularity=PerTensor()))
+    recipe = qpass.Recipe("split_static", static, keep_float=(),
+                          policies=(LlmInt8(THRESHOLD, precision=static),))
+    q = qpass.quantize(model, recipe, calib, (calib[0],), progress=False)
+    (site_prec,) = q.meta["qpass"].precisions.values()
+    assert site_prec.outlier_columns == (3, 9) and not site_prec.activation.dynamic
+    keep = torch.ones(K, dtype=torch.float64)
+    keep[[3, 9]] = 0
+    scale = max(float((c.double() * keep).abs().max()) for c in calib) / 127
+    assert scale < THRESHOLD / 127  # the outliers (43, 49) did not stretch the range
+    x = _x([3], seed=5)
+    x_in = torch.round(x.double() * keep / scale).clamp(-128, 127) * scale
+    w = lin.weight.double()
+    w_q = _int8_rows(torch.where(keep == 0, 0.0, w))
+    want = x_in @ w_q.T + (x.double() * (1 - keep)) @ w.T + lin.bias.double()
+    torch.testing.assert_close(q(x).double(), want, rtol=1e-5, atol=1e-5)
+    assert sum(str(n.target) == "qpass.quantize.default" for n in q.graph.nodes) == 1
+
+
+def test_a_dynamic_split_refuses_static_activations():
+    static = LayerPrecision(QuantSpec(), QuantSpec(granularity=PerTensor()))
+    with pytest.raises(ValueError, match=r"activation.dynamic=False.*outlier_mode='dynamic'.*"
+                                         r"outlier_mode='static' for static activations"):
+        LlmInt8(mode="dynamic", precision=static)
 
 
 def test_static_split_without_columns_is_a_clear_error():

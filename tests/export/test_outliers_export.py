@@ -44,3 +44,21 @@ def test_llm_int8_exports_and_matches_the_torch_reference(tmp_path, mode, profil
         got = session.run(None, {session.get_inputs()[0].name: ids.numpy()})[0]
         want = q(ids).detach().numpy()
         np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("profile", ["ort", "plain"])
+def test_static_split_with_static_activations_exports_and_matches_the_torch_reference(
+        tmp_path, profile):
+    batches = token_batches(3)
+    static = qpass.resolve_recipe("w8a8_static")
+    recipe = static.replace(policies=(LlmInt8(precision=static.precision),))
+    q = qpass.quantize(_model(), recipe, batches, (batches[0],), progress=False)
+    path = qpass.export_onnx(q, (batches[0],), tmp_path / "split_static.onnx", profile=profile)
+    ops = collections.Counter(n.op_type for n in onnx.load(path).graph.node)
+    assert ops["QuantizeLinear"] == 2  # one static per-tensor pair per observer (up, down)
+    assert ops["Gather"] == 1 + 2 and ops["Mul"] >= 2  # x[..., outliers]; x * keep
+    session = ort_session(path, threads=1)
+    for ids in token_batches(3, seed=7):
+        got = session.run(None, {session.get_inputs()[0].name: ids.numpy()})[0]
+        want = q(ids).detach().numpy()
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)

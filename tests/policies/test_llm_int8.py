@@ -73,7 +73,7 @@ def test_llm_int8_bad_input_names_the_field():
         LlmInt8(max_batches=0)
     static = LayerPrecision(QuantSpec(), QuantSpec(granularity=PerTensor()))
     with pytest.raises(ValueError, match=r"LlmInt8.precision=.*activation.dynamic=False"):
-        LlmInt8(precision=static)
+        LlmInt8(mode="dynamic", precision=static)
     with pytest.raises(RuntimeError, match=r"policy 'llm_int8'.*static mode.*got none.*calib_data"):
         _prepare(LlmInt8(), batches=[])
 

@@ -26,6 +26,8 @@ def test_report_says_precision_and_why_for_every_site():
     up, down, head = rows["up"], rows["down"], rows["lm_head"]
     assert up["op"] == "linear" and up["weights"] == 64 * 32 and not up["float"]
     assert up["outliers"] == {"threshold": 6.0, "mode": "static", "columns": [7]}
+    assert up["float_weights"] == 64 and down["float_weights"] == 32 * 64  # column 7 of up
+    assert head["float_weights"] == head["weights"]
     assert up["precision"] == ("W int8 per_channel | A int8 per_token dyn + LLM.int8() split "
                                "(|x| > 6, 1 float columns)")
     assert up["assigned_by"] == ["uniform", "llm_int8"]
