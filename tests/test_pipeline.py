@@ -127,6 +127,13 @@ def test_unknown_recipe_lists_the_known_ones():
         qpass.prepare(tiny_lm(), "w8a8_statik", (token_batches(1)[0],))
 
 
+def test_unknown_observer_in_a_recipe_lists_the_known_ones():
+    act = QuantSpec(observer="percentil")
+    recipe = Recipe("typo", LayerPrecision(weight=QuantSpec(), activation=act))
+    with pytest.raises(KeyError, match=r"unknown observer 'percentil'.*Known observers: .*kl.*mse"):
+        qpass.prepare(tiny_lm(), recipe, (token_batches(1)[0],))
+
+
 def test_empty_calibration_data():
     prepared = qpass.prepare(tiny_lm(), "w8a8_static", (token_batches(1)[0],))
     with pytest.raises(qpass.CalibrationDataError, match="calibration data is empty"):
