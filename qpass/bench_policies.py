@@ -15,7 +15,9 @@ disjoint part of the Wikipedia text). Rows (``--rows`` picks some):
   after SmoothQuant with α searched per group, plus the sensitivity policy within ``--budget``;
 - ``w8a8_static_smoothquant_llm_int8``: the same static per-tensor activations after
   SmoothQuant, with a static LLM.int8() split (``--threshold``; the int8 part's range is
-  calibrated without the outlier columns) and the sensitivity policy within ``--split-budget``.
+  calibrated without the outlier columns) and the sensitivity policy within ``--split-budget``;
+- ``w8a8_static_llm_int8``: the same without SmoothQuant, which would move the outliers out of
+  the columns the split looks for.
 
 The float weight fraction counts float sites and the outlier columns' weights.
 """
@@ -46,9 +48,10 @@ from qpass.transform.smoothquant import SmoothQuant
 log = logging.getLogger("qpass.bench_policies")
 ROWS = ("fp32", "w8a8_dynamic", "llm_int8_static", "llm_int8_dynamic", "w8a8_static",
         "w8a8_static_sensitivity", "w8a8_dynamic_smoothquant", "w8a8_static_smoothquant",
-        "w8a8_static_smoothquant_llm_int8")
+        "w8a8_static_smoothquant_llm_int8", "w8a8_static_llm_int8")
 ONNX_ROWS = ("llm_int8_static", "llm_int8_dynamic", "w8a8_dynamic_smoothquant",
-             "w8a8_static_smoothquant", "w8a8_static_smoothquant_llm_int8")  # with --onnx
+             "w8a8_static_smoothquant", "w8a8_static_smoothquant_llm_int8",
+             "w8a8_static_llm_int8")  # with --onnx
 
 
 @dataclass
@@ -73,6 +76,9 @@ def _args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--observer", default="percentile_99.99",
                    help="activation observer of w8a8_static_smoothquant")
     p.add_argument("--probes", type=int, default=8)
+    p.add_argument("--alpha", type=float, default=None,
+                   help="one global SmoothQuant alpha for the smoothquant rows (default: searched "
+                        "per group)")
     p.add_argument("--onnx", action="store_true",
                    help="export the llm_int8 and smoothquant rows, run them in ONNX Runtime")
     p.add_argument("--validate", type=int, default=0, metavar="N")
@@ -90,14 +96,15 @@ def _recipe(name: str, a: argparse.Namespace) -> qpass.Recipe:
         return qpass.resolve_recipe("w8a8_static").replace(name=name, policies=(sensitivity,))
     if name == "w8a8_dynamic_smoothquant":
         return qpass.resolve_recipe("w8a8_dynamic").replace(
-            name=name, passes=(SmoothQuant(alpha=None),))
+            name=name, passes=(SmoothQuant(alpha=a.alpha),))
     if name == "w8a8_static_smoothquant":
         return observer_recipe(a.observer).replace(
-            name=name, passes=(SmoothQuant(alpha=None),), policies=(sensitivity,))
-    if name == "w8a8_static_smoothquant_llm_int8":
+            name=name, passes=(SmoothQuant(alpha=a.alpha),), policies=(sensitivity,))
+    if name in ("w8a8_static_smoothquant_llm_int8", "w8a8_static_llm_int8"):
         static = observer_recipe(a.observer)
         split = LlmInt8(a.threshold, precision=static.precision)
-        return static.replace(name=name, passes=(SmoothQuant(alpha=None),),
+        passes = (SmoothQuant(alpha=a.alpha),) if "smoothquant" in name else ()
+        return static.replace(name=name, passes=passes,
                               policies=(split, Sensitivity(float_budget=a.split_budget,
                                                            probes=a.probes)))
     return qpass.resolve_recipe(name)

@@ -63,18 +63,23 @@ def _fake_quant_activation(x: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor,
 
 
 def group_error(x: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor,
-                weights: list[torch.Tensor], s: torch.Tensor, prec: LayerPrecision) -> float:
+                weights: list[torch.Tensor], s: torch.Tensor, prec: LayerPrecision,
+                row_weights: torch.Tensor | None = None) -> float:
     """Sum over consumers of the relative squared output error ||Q(X/s) Q(W s)^T - X W^T||^2
-    / ||X W^T||^2 on the sampled rows ``x`` [R, C]; ``lo``/``hi``: per-channel ranges of X."""
+    / ||X W^T||^2 on the sampled rows ``x`` [R, C], each row's squares weighted by
+    ``row_weights`` [R] (the rows it stands for; 1 if None); ``lo``/``hi``: per-channel ranges
+    of X."""
     s32 = s.float()
     xq = _fake_quant_activation(x / s32, lo / s32, hi / s32, prec)
+    rw = torch.ones(x.shape[0], dtype=torch.float64) if row_weights is None \
+        else row_weights.double()
     err = 0.0
     for w in weights:  # [N, C]
         ws = (w * s[None, :]).float()
         wq = quantize_weight(ws, prec.weight).dequantize() if prec.weight else ws.T  # [C, N]
         ref = x.double() @ w.T
-        err += float(((xq.double() @ wq.double()) - ref).pow(2).sum() / ref.pow(2).sum()
-                     .clamp(min=1e-30))
+        e2 = ((xq.double() @ wq.double()) - ref).pow(2).sum(dim=1)  # [R]
+        err += float((rw * e2).sum() / (rw * ref.pow(2).sum(dim=1)).sum().clamp(min=1e-30))
     return err
 
 

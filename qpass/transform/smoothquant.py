@@ -89,12 +89,12 @@ class SmoothQuant(Pass):
         if self.alpha is not None:
             alpha, errors = self.alpha, {}
         else:
-            x = st.sample
+            x, rw = st.sample, st.sample_weights
             errors = {a: group_error(x, st.lo, st.hi, weights,
-                                     smooth_scales(st.absmax, wmax, a, cmap), prec)
+                                     smooth_scales(st.absmax, wmax, a, cmap), prec, rw)
                       for a in self.grid}
             errors[None] = group_error(x, st.lo, st.hi, weights,
-                                       torch.ones_like(wmax), prec)
+                                       torch.ones_like(wmax), prec, rw)
             alpha = min(errors, key=lambda a: errors[a])
         row = _skipped(g)
         row.update(alpha=alpha, error=errors.get(alpha), error_unsmoothed=errors.get(None),
