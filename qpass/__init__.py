@@ -29,6 +29,7 @@ from qpass.policies import precision_report
 from qpass.prepare import prepare
 from qpass.recipes import RECIPES, resolve_recipe
 from qpass.transform.awq import AWQ
+from qpass.transform.embeddings import QuantizeEmbeddings
 from qpass.transform.gptq import GPTQ
 from qpass.transform.smoothquant import SmoothQuant
 
@@ -37,8 +38,8 @@ __version__ = "0.1.0"
 __all__ = [
     "AWQ", "GPTQ", "RECIPES", "CalibrationDataError", "CaptureError", "LayerPrecision",
     "NonFiniteActivationError", "PerChannel", "PerGroup", "PerTensor", "PerToken", "QuantSpec",
-    "Recipe", "SmoothQuant", "calibrate", "capture", "convert", "lower", "precision_report",
-    "prepare", "quantize", "resolve_recipe", "__version__",
+    "QuantizeEmbeddings", "Recipe", "SmoothQuant", "calibrate", "capture", "convert", "lower",
+    "precision_report", "prepare", "quantize", "resolve_recipe", "__version__",
 ]
 
 

@@ -13,7 +13,9 @@ from qpass.config import (
     QuantSpec,
     Recipe,
 )
+from qpass.policies.rules import Rule, Rules
 from qpass.registry import Registry
+from qpass.transform.embeddings import QuantizeEmbeddings
 from qpass.transform.smoothquant import SmoothQuant
 
 RECIPES: Registry[Recipe] = Registry("recipe", "qpass.recipes")
@@ -55,6 +57,13 @@ RECIPES.add("w4a16_g128", Recipe(
                    reason="recipe w4a16_g128"),
     description="int4 weights in groups of 128 input features (symmetric); activations stay "
                 "float. ONNX: blocked DequantizeLinear (opset 21), MatMulNBits in ONNX Runtime"))
+
+RECIPES.add("w4a16_g128_int8_embed", RECIPES.get("w4a16_g128").replace(
+    name="w4a16_g128_int8_embed", passes=(QuantizeEmbeddings(),),
+    policies=(Rules((Rule("lm_head", LayerPrecision(weight=INT8_WEIGHT),
+                          name="lm_head int8"),)),),
+    description="w4a16_g128, with the token embedding table and lm_head (tied in many small "
+                "LLMs) stored as int8 per row instead of float: the smallest file"))
 
 RECIPES.add("fp8_e4m3", Recipe(
     "fp8_e4m3",

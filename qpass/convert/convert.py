@@ -149,11 +149,16 @@ def _drop_observers_and_dead_weights(gm: fx.GraphModule, replaced: set[str]) -> 
     gm.graph.eliminate_dead_code()
     used = {n.target for n in gm.graph.nodes if n.op == "get_attr"}
     called = {n.target for n in gm.graph.nodes if n.op == "call_module"}
-    for name in replaced - used:
+    tensors = dict(gm.named_parameters(remove_duplicate=False))
+    tensors.update(gm.named_buffers(remove_duplicate=False))
+    dead = {id(tensors[name]) for name in replaced - used if name in tensors}
+    # a tied weight also lives under its other names (torch.export reads one of them)
+    for name, t in tensors.items():
         owner, _, attr = name.rpartition(".")
-        if any(owner == c or owner.startswith(f"{c}.") for c in called):
-            continue  # a module the graph still calls reads it internally
-        delattr(gm.get_submodule(owner), attr)
+        if id(t) not in dead or name in used or any(
+                owner == c or owner.startswith(f"{c}.") for c in called):
+            continue  # still read, or a module the graph still calls reads it internally
+        delattr(gm.get_submodule(owner) if owner else gm, attr)
 
 
 def convert(prepared: fx.GraphModule) -> fx.GraphModule:

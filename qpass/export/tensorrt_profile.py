@@ -17,8 +17,11 @@ refuses the ones it has not, before exporting, and its validator checks the file
 
 from __future__ import annotations
 
+import torch.fx as fx
+
 from qpass.config import LayerPrecision, PerGroup, QuantSpec
 from qpass.export.profiles import EXPORT_PROFILES, QDQ_RULES, ExportProfile
+from qpass.state import META_KEY
 
 WEIGHT_FORMATS = ("int8", "fp8_e4m3", "int4")
 ACTIVATION_FORMATS = ("int8", "fp8_e4m3")
@@ -64,3 +67,15 @@ class TensorRTProfile(ExportProfile):
             if problem:
                 return problem
         return None
+
+    def lower(self, gm: fx.GraphModule) -> fx.GraphModule:
+        state = gm.meta.get(META_KEY)
+        report = state.reports.get("passes", {}).get("quantize_embeddings") if state else None
+        tables = [e["fqn"] for e in (report or {}).get("embeddings", [])]
+        if tables:
+            raise ValueError(
+                f"export profile 'tensorrt' does not support the int8 embedding tables of the "
+                f"quantize_embeddings pass ({', '.join(tables)}): their per-row scales are "
+                "looked up at run time, and TensorRT needs constant scales. Drop "
+                "QuantizeEmbeddings from the recipe for TensorRT, or export with profile='ort'")
+        return gm
