@@ -60,7 +60,7 @@ RECIPES.add("w4a16_g128", Recipe(
 
 RECIPES.add("w4a16_g128_int8_embed", RECIPES.get("w4a16_g128").replace(
     name="w4a16_g128_int8_embed", passes=(QuantizeEmbeddings(),),
-    policies=(Rules((Rule("lm_head", LayerPrecision(weight=INT8_WEIGHT),
+    policies=(Rules((Rule("*lm_head", LayerPrecision(weight=INT8_WEIGHT),
                           name="lm_head int8"),)),),
     description="w4a16_g128, with the token embedding table and lm_head (tied in many small "
                 "LLMs) stored as int8 per row instead of float: the smallest file"))

@@ -158,3 +158,28 @@ def test_tensorrt_profile_refuses_int8_embeddings_before_exporting(tmp_path):
                                          r".*\(embed\).*profile='ort'"):
         qpass.export_onnx(q, (ids,), tmp_path / "m.onnx", profile="tensorrt")
     assert not (tmp_path / "m.onnx").exists()
+
+
+def test_preset_leaves_no_float_table_in_a_nested_model():
+    class Wrapped(torch.nn.Module):  # FQNs become "inner.embed", "inner.lm_head"
+        def __init__(self):
+            super().__init__()
+            self.inner = _tied_lm()
+
+        def forward(self, ids):
+            return self.inner(ids)
+
+    model, ids = Wrapped().eval(), token_batches(1)[0]
+    q = qpass.quantize(model, "w4a16_g128_int8_embed", [], (ids,), progress=False)
+    big = [n for n, t in [*q.named_parameters(remove_duplicate=False),
+                          *q.named_buffers(remove_duplicate=False)]
+           if t.is_floating_point() and t.numel() >= 50 * 32]
+    assert big == []
+    precisions = q.meta["qpass"].precisions
+    fqns = q.meta["qpass"].fqns
+    head = next(p for n, p in precisions.items() if fqns[n] == "inner.lm_head")
+    assert head.weight.format == "int8" and head.activation is None
+    with torch.no_grad():
+        out = q(ids)
+    assert torch.isfinite(out).all()
+    assert (out - model(ids)).abs().max() < 0.25 * model(ids).abs().max()
