@@ -12,7 +12,8 @@ disjoint part of the Wikipedia text). Rows (``--rows`` picks some):
   checks its linearized score against quantizing each of N sites alone (one forward each);
 - ``w8a8_dynamic_smoothquant``: ``w8a8_dynamic`` after SmoothQuant with α searched per group;
 - ``w8a8_static_smoothquant``: ``w8a8_static`` with the ``--observer`` activation observer,
-  after SmoothQuant with α searched per group, plus the sensitivity policy within ``--budget``;
+  after SmoothQuant with α searched per group (or one global ``--alpha``; every smoothquant
+  row takes it), plus the sensitivity policy within ``--budget``;
 - ``w8a8_static_smoothquant_llm_int8``: the same static per-tensor activations after
   SmoothQuant, with a static LLM.int8() split (``--threshold``; the int8 part's range is
   calibrated without the outlier columns) and the sensitivity policy within ``--split-budget``;
