@@ -31,6 +31,7 @@ import torch.fx as fx
 from qpass import ops
 from qpass.capture.fqn import describe, op_fqn
 from qpass.config import PerChannel, QuantSpec
+from qpass.convert.convert import _Builder
 from qpass.convert.weights import quantize_weight
 from qpass.passes import PASSES, Pass, PassContext, PassResult
 from qpass.quantizable import fetch_attr
@@ -89,18 +90,14 @@ def _rewrite(gm: fx.GraphModule, node: fx.Node, spec: QuantSpec, fqn: str) -> di
     except ValueError as exc:
         raise ValueError(f"cannot quantize the embedding table of {describe(node)}: "
                          f"{exc}") from exc
-    base = f"qpass_{fqn or node.name}".replace(".", "_")
     tensors = {"weight_q": qw.q.T.contiguous(), "weight_scale": qw.scale.reshape(-1, 1),
                "weight_zero_point": qw.zero_point.reshape(-1, 1)}
-    rest = node.args[2:]
+    b = _Builder(gm)
     with gm.graph.inserting_before(node):
-        looked_up = []
-        for suffix, t in tensors.items():
-            name = _free_name(gm, f"{base}_{suffix}")
-            gm.register_buffer(name, t)
-            looked_up.append(_call(gm, aten.embedding.default,
-                                   (gm.graph.get_attr(name), node.args[1], *rest), node))
-        h = _call(gm, ops.DEQUANTIZE, (*looked_up, -1, "int8"), node)
+        looked_up = [b.call(aten.embedding.default,
+                            (b.buffer(f"{fqn or node.name}.{suffix}", t), *node.args[1:]), node)
+                     for suffix, t in tensors.items()]
+        h = b.call(ops.DEQUANTIZE, (*looked_up, -1, "int8"), node)
     h.meta.update({k: v for k, v in node.meta.items() if k not in h.meta})
     node.replace_all_uses_with(h)
     gm.graph.erase_node(node)
@@ -116,16 +113,3 @@ def _rewrite(gm: fx.GraphModule, node: fx.Node, spec: QuantSpec, fqn: str) -> di
     return {"fqn": fqn, "rows": int(w.shape[0]), "dim": int(w.shape[1]), "format": "int8",
             "float_table_kept": tied}
 
-
-def _free_name(gm: fx.GraphModule, base: str) -> str:
-    name, i = base, 1
-    while hasattr(gm, name):
-        name, i = f"{base}_{i}", i + 1
-    return name
-
-
-def _call(gm: fx.GraphModule, target: object, args: tuple, like: fx.Node) -> fx.Node:
-    out = gm.graph.call_function(target, args)
-    if "nn_module_stack" in like.meta:
-        out.meta["nn_module_stack"] = like.meta["nn_module_stack"]
-    return out
