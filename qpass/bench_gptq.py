@@ -36,8 +36,13 @@ from qpass.transform.gptq import GPTQ
 
 log = logging.getLogger("qpass.bench_gptq")
 BENCH_MODELS = {"smollm2": "smollm2-135m"}
-METHODS: dict[str, tuple[Any, ...]] = {"rtn": (), "gptq": (GPTQ(),), "awq": (AWQ(),),
-                                       "awq+gptq": (AWQ(), GPTQ())}
+PLAIN = {"attention_values": False, "residual_weighted": False}
+METHODS: dict[str, tuple[Any, ...]] = {
+    "rtn": (), "gptq": (GPTQ(),), "awq": (AWQ(),), "awq+gptq": (AWQ(), GPTQ()),
+    # the textbook Hessian XᵀX for every layer (see qpass.transform.site_hessians)
+    "gptq_plain": (GPTQ(**PLAIN),), "awq_plain": (AWQ(**PLAIN),),
+    "gptq_act_order": (GPTQ(act_order=True),)}
+DEFAULT_METHODS = ("rtn", "gptq", "awq", "awq+gptq")
 GRANULARITIES = {"g128": PerGroup(128), "channel": PerChannel(0)}
 
 
@@ -97,7 +102,7 @@ def _args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--bits", nargs="+", type=int, default=[4, 3], choices=[3, 4, 8])
     p.add_argument("--granularity", nargs="+", default=list(GRANULARITIES),
                    choices=list(GRANULARITIES))
-    p.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
+    p.add_argument("--methods", nargs="+", default=list(DEFAULT_METHODS), choices=list(METHODS))
     p.add_argument("--onnx", action="store_true", help="export 4-bit g128 GPTQ, compare ORT")
     p.add_argument("--depth", nargs="*", type=int, default=[],
                    help="also measure GPTQ/AWQ peak memory with the model cut to these depths")

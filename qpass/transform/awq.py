@@ -27,6 +27,7 @@ from qpass.quantizable import Site, canonical_weight, fetch_attr, find_sites
 from qpass.transform import awq_search as search
 from qpass.transform.groups import LinearFold, ScaleGroup, find_scale_groups
 from qpass.transform.layerwise import LayerwiseWalk
+from qpass.transform.site_hessians import SiteHessians
 from qpass.transform.smoothing import apply_scales
 
 log = logging.getLogger(__name__)
@@ -38,7 +39,10 @@ class AWQ(Pass):
     """``grid``: ratios tried for the scale exponent (0, 1/grid, ..., (grid-1)/grid).
     ``duo_scaling``: divide by the relative weight magnitude too (AutoAWQ's default).
     ``clip``: search a shrink ratio per weight group, down to ``1 - max_shrink``, in
-    ``clip_grid`` steps. ``skip``: module-FQN globs AWQ leaves alone."""
+    ``clip_grid`` steps. ``skip``: module-FQN globs AWQ leaves alone.
+    ``attention_values`` / ``residual_weighted``: measure the output error of value
+    projections through their attention, and of residual writers relative to the residual
+    stream, as GPTQ does (``site_hessians``)."""
 
     grid: int = 20
     duo_scaling: bool = True
@@ -46,6 +50,8 @@ class AWQ(Pass):
     max_shrink: float = 0.5
     clip_grid: int = 20
     skip: tuple[str, ...] = ()
+    attention_values: bool = True
+    residual_weighted: bool = True
 
     stage: ClassVar[str] = "weights"
 
@@ -74,6 +80,8 @@ class AWQ(Pass):
         order = {n: i for i, n in enumerate(gm.graph.nodes)}
         first = {min((s.node for s in g.consumers), key=order.__getitem__): g for g in todo}
         worker = _Searcher(self, gm, ctx, walk, report)
+        worker.special = SiteHessians(walk, sites, attention_values=self.attention_values,
+                                      residual_weighted=self.residual_weighted, owner="awq")
         walk.run(first, lambda node: worker.group(first[node]), ctx.progress, "qpass awq")
         report["seconds"] = time.perf_counter() - start
         log.info("qpass awq: %d of %d groups scaled in %.1f s", len(todo), len(groups),
@@ -93,6 +101,7 @@ class _Searcher:
     def __init__(self, cfg: AWQ, gm: fx.GraphModule, ctx: PassContext, walk: LayerwiseWalk,
                  report: dict[str, Any]) -> None:
         self.cfg, self.gm, self.ctx, self.walk, self.report = cfg, gm, ctx, walk, report
+        self.special: SiteHessians  # set by the pass
 
     def group(self, g: ScaleGroup) -> None:
         start = time.perf_counter()
@@ -109,47 +118,71 @@ class _Searcher:
         specs = [self.ctx.precisions[s.node.name].weight for s in g.consumers]
         weights = [canonical_weight(fetch_attr(self.gm, str(s.weight_node.target)), s.op)
                    .detach().float() for s in g.consumers]  # [N_i, C]
+        grams, kinds = self._grams(g, weights, h32)
         w_mean = torch.cat([search.relative_weight_magnitude(w, sp)
                             for w, sp in zip(weights, specs, strict=True)]).mean(0)
-        s, ratio, errs = self._search((x_sum / tokens).float(), w_mean, weights, specs, h32, g)
+        s, ratio, errs = self._search((x_sum / tokens).float(), w_mean, weights, specs, grams, g)
         row = _row(g)
-        row.update(ratio=ratio, error=errs[ratio], error_unscaled=errs[None],
+        row.update(gram=kinds, ratio=ratio, error=errs[ratio], error_unscaled=errs[None],
                    s_min=float(s.min()), s_max=float(s.max()))
         if ratio is not None:
             row["fold"] = apply_scales(self.gm, g, s.double())
             self.walk.replace(g.activation, [x / s.to(x.dtype) for x in xs])
         if self.cfg.clip:
-            row["clip"] = self._clip(g, specs, h32 / torch.outer(s, s))
+            ss = torch.outer(s, s)
+            row["clip"] = self._clip(g, specs, [[(r, h / ss) for r, h in parts]
+                                                for parts in grams])
         row["seconds"] = time.perf_counter() - start
         self.report["groups"].append(row)
 
-    def _search(self, x_mean, w_mean, weights, specs, h, g: ScaleGroup):
+    def _grams(self, g: ScaleGroup, weights: list[torch.Tensor], h32: torch.Tensor):
+        """Per consumer, (rows, Gram) pairs covering its rows: the plain XᵀX/n, or for value
+        projections and residual writers the weighted ones of ``site_hessians``."""
+        grams, kinds = [], {}
+        for site, w in zip(g.consumers, weights, strict=True):
+            special, kind = self.special.row_hessians(site, w.shape[0])
+            rest = torch.ones(w.shape[0], dtype=torch.bool)
+            parts = []
+            for rows, h in special:  # Hessians are 2 XᵀX / n
+                rest[rows] = False
+                parts.append((rows, (h / 2).float()))
+            if rest.any():
+                parts.append((torch.nonzero(rest).flatten(), h32))
+            grams.append(parts)
+            kinds[site.fqn or site.node.name] = kind
+        return grams, kinds
+
+    def _search(self, x_mean, w_mean, weights, specs, grams, g: ScaleGroup):
         cmap = g.fold.channel_map if isinstance(g.fold, LinearFold) else None
         if cmap is not None:  # channels fed by one producer channel share its scale
             n = int(cmap.max()) + 1
             x_mean = torch.zeros(n).scatter_reduce(0, cmap, x_mean, "mean", include_self=False)
             w_mean = torch.zeros(n).scatter_reduce(0, cmap, w_mean, "mean", include_self=False)
         ones = torch.ones(weights[0].shape[1])
-        errs: dict[float | None, float] = {None: search.output_error(weights, specs, h, ones)}
+        errs: dict[float | None, float] = {None: search.output_error(weights, specs, grams,
+                                                                     ones)}
         best, best_s = None, ones
         for i in range(self.cfg.grid):
             r = i / self.cfg.grid
             s = search.candidate_scales(x_mean, w_mean, r, self.cfg.duo_scaling)
             s = s if cmap is None else s[cmap]
-            errs[r] = search.output_error(weights, specs, h, s)
+            errs[r] = search.output_error(weights, specs, grams, s)
             if errs[r] < errs[best]:
                 best, best_s = r, s
         return best_s, best, errs
 
-    def _clip(self, g: ScaleGroup, specs, h: torch.Tensor) -> dict[str, float]:
+    def _clip(self, g: ScaleGroup, specs, grams) -> dict[str, float]:
         """Clip each consumer's groups in place; returns the mean ratio per consumer."""
         out = {}
-        for site, spec in zip(g.consumers, specs, strict=True):
+        for site, spec, parts in zip(g.consumers, specs, grams, strict=True):
             if not search.can_clip(spec):
                 continue
             param = fetch_attr(self.gm, str(site.weight_node.target))
             w = canonical_weight(param, site.op).detach().float()  # [N, C], scaled
-            ratios = search.clip_ratios(w, spec, h, self.cfg.max_shrink, self.cfg.clip_grid)
+            ratios = torch.empty(w.shape[0], len(search.group_ranges(w.shape[1], spec)))
+            for rows, h in parts:
+                ratios[rows] = search.clip_ratios(w[rows], spec, h, self.cfg.max_shrink,
+                                                  self.cfg.clip_grid)
             clipped = search.apply_clip(w, spec, ratios).to(param.dtype)
             param.copy_(clipped if site.op.weight_layout == "out_in" else clipped.T)
             out[site.fqn or site.node.name] = float(ratios.mean())

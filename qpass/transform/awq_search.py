@@ -24,6 +24,8 @@ import torch
 from qpass.config import PerChannel, PerGroup, PerTensor, QuantSpec
 from qpass.convert.weights import quantize_weight
 
+RowGrams = list[tuple[torch.Tensor, torch.Tensor]]  # (rows, Gram [C, C]) covering every row
+
 EPS = 1e-4  # AutoAWQ's floor for the weight statistic and the scales
 
 
@@ -60,14 +62,16 @@ def fake_quant(w: torch.Tensor, spec: QuantSpec) -> torch.Tensor:
     return quantize_weight(w, spec).dequantize().T
 
 
-def output_error(weights: list[torch.Tensor], specs: list[QuantSpec], h: torch.Tensor,
-                 s: torch.Tensor) -> float:
+def output_error(weights: list[torch.Tensor], specs: list[QuantSpec],
+                 grams: list[RowGrams], s: torch.Tensor) -> float:
     """Σ_i tr(D_i H D_iᵀ) with D_i = Q(W_i s)/s - W_i: the group's quantized output error
-    summed over the calibration tokens (H = XᵀX [C, C])."""
+    summed over the calibration tokens (H = XᵀX [C, C], or per set of rows of each consumer
+    the Gram its output is read with, see ``site_hessians``)."""
     total = 0.0
-    for w, spec in zip(weights, specs, strict=True):
+    for w, spec, parts in zip(weights, specs, grams, strict=True):
         d = fake_quant(w * s, spec) / s - w  # [N, C]
-        total += float(((d @ h) * d).sum())
+        for rows, h in parts:
+            total += float(((d[rows] @ h) * d[rows]).sum())
     return total
 
 

@@ -50,35 +50,35 @@ def _concrete(arg: Any) -> Any:
     """An argument with SymInt nodes replaced by the example value they were traced with."""
     if isinstance(arg, torch.SymInt):
         if arg.node.hint is None:
-            raise _NoMap(f"size {arg} has no example value")
+            raise NoChannelMap(f"size {arg} has no example value")
         return int(arg.node.hint)
     if isinstance(arg, fx.Node):
         val = arg.meta.get("val")
         if isinstance(val, torch.SymInt):
             hint = val.node.hint
             if hint is None:
-                raise _NoMap(f"{arg.name} has no example value")
+                raise NoChannelMap(f"{arg.name} has no example value")
             return int(hint)
         if isinstance(val, int):
             return val
-        raise _NoMap(f"argument {arg.name} is not a size")
+        raise NoChannelMap(f"argument {arg.name} is not a size")
     if isinstance(arg, (list, tuple)):
         return type(arg)(_concrete(a) for a in arg)
     return arg
 
 
-class _NoMap(Exception):
+class NoChannelMap(Exception):
     pass
 
 
-def _shape(node: fx.Node) -> tuple[int, ...]:
+def shape_of(node: fx.Node) -> tuple[int, ...]:
     val = node.meta.get("val")
     if not isinstance(val, torch.Tensor):
-        raise _NoMap(f"{node.name} has no example tensor")
+        raise NoChannelMap(f"{node.name} has no example tensor")
     return tuple(_concrete(list(val.shape)))
 
 
-def _step(node: fx.Node, ids: torch.Tensor, pos: int) -> torch.Tensor:
+def step(node: fx.Node, ids: torch.Tensor, pos: int) -> torch.Tensor:
     t = node.target
     if t in IDENTITY_OPS:
         return ids
@@ -86,13 +86,13 @@ def _step(node: fx.Node, ids: torch.Tensor, pos: int) -> torch.Tensor:
         rest = [_concrete(a) for a in node.args[1:]]
         return t(ids, *rest)
     if t is aten.mul.Tensor:
-        if tuple(ids.shape) != _shape(node):
-            raise _NoMap("the path operand of a mul is broadcast")
+        if tuple(ids.shape) != shape_of(node):
+            raise NoChannelMap("the path operand of a mul is broadcast")
         return ids
     if t is aten.scaled_dot_product_attention.default and pos == 2:
-        q_shape = _shape(node.args[0])
+        q_shape = shape_of(node.args[0])
         return ids[..., :1, :].expand(*q_shape[:-1], ids.shape[-1])
-    raise _NoMap(f"{node.format_node()} is not per-channel linear")
+    raise NoChannelMap(f"{node.format_node()} is not per-channel linear")
 
 
 def channel_map(producer: fx.Node, path: list[tuple[fx.Node, int]],
@@ -104,13 +104,13 @@ def channel_map(producer: fx.Node, path: list[tuple[fx.Node, int]],
     the argument through which the path enters it.
     """
     try:
-        shape = _shape(producer)
+        shape = shape_of(producer)
         ids = torch.arange(shape[-1], dtype=torch.float64).expand(shape)
         for node, pos in path:
-            ids = _step(node, ids, pos)
-        if tuple(ids.shape) != _shape(x):
+            ids = step(node, ids, pos)
+        if tuple(ids.shape) != shape_of(x):
             return None
-    except (_NoMap, RuntimeError, TypeError):
+    except (NoChannelMap, RuntimeError, TypeError):
         return None
     rows = ids.reshape(-1, ids.shape[-1])
     if not torch.equal(rows, rows[:1].expand_as(rows)):

@@ -30,9 +30,10 @@ from qpass.config import LayerPrecision, PerGroup
 from qpass.convert.weights import block_size, quantize_weight
 from qpass.passes import PASSES, Pass, PassContext, PassResult
 from qpass.quantizable import Site, canonical_weight, fetch_attr, find_sites
-from qpass.transform.gptq_solver import gptq_quantize
+from qpass.transform.gptq_solver import gptq_quantize, row_parts
 from qpass.transform.hessian import Hessian
 from qpass.transform.layerwise import LayerwiseWalk
+from qpass.transform.site_hessians import SiteHessians
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +45,12 @@ class GPTQ(Pass):
     cannot be factored). ``blocksize``: columns updated together (lazy batch updates).
     ``act_order``: quantize columns by decreasing H_ii, with static group parameters.
     ``skip``: module-FQN globs GPTQ leaves to round-to-nearest.
+    ``attention_values``: solve value projections against the attention-weighted Hessian
+    of each value head; ``residual_weighted``: weigh the tokens of linears that write into the
+    residual stream by 1 / mean(r²) of the residual (``site_hessians`` says why; on SmolLM2
+    the plain XᵀX makes GPTQ worse than round-to-nearest). ``sequential``: each layer's
+    inputs come from the model with every earlier layer already quantized (the default, as
+    GPTQ's authors do); ``False`` takes them from the float model.
 
     The format, symmetry and granularity (per channel, per tensor or per group of 32/64/128...)
     come from each site's weight spec, as the recipe's policies assigned it."""
@@ -52,6 +59,9 @@ class GPTQ(Pass):
     blocksize: int = 128
     act_order: bool = False
     skip: tuple[str, ...] = ()
+    attention_values: bool = True
+    residual_weighted: bool = True
+    sequential: bool = True
 
     stage: ClassVar[str] = "weights"
 
@@ -83,7 +93,11 @@ class GPTQ(Pass):
         solver = _Solver(self, gm, ctx, sites, report)
         walk = LayerwiseWalk(gm, ctx.batches)
         solver.walk = walk
+        solver.special = SiteHessians(walk, sites, attention_values=self.attention_values,
+                                      residual_weighted=self.residual_weighted, owner="gptq")
         walk.run([s.node for s in sites], solver.before, ctx.progress, "qpass gptq")
+        for weight, update in solver.deferred:
+            weight.copy_(update)
         report["seconds"] = time.perf_counter() - start
         solver.warn_short_data()
         log.info("qpass gptq: %d layers in %.1f s", len(sites), report["seconds"])
@@ -140,6 +154,8 @@ class _Solver:
         self.hessians: dict[fx.Node, Hessian] = {}
         self.short: list[tuple[str, int, int]] = []  # (layer, tokens, features)
         self.walk: LayerwiseWalk | None = None
+        self.special: SiteHessians | None = None  # set with the walk
+        self.deferred: list[tuple[torch.Tensor, torch.Tensor]] = []  # sequential=False
 
     def hessian(self, x: fx.Node) -> Hessian:
         if x not in self.hessians:
@@ -163,17 +179,25 @@ class _Solver:
         h = hess.value
         if hess.tokens < w.shape[1]:
             self.short.append((where, hess.tokens, w.shape[1]))
+        assert self.special is not None
+        rows, hessian = self.special.row_hessians(site, w.shape[0])
         res = gptq_quantize(w, h, spec, percdamp=self.cfg.percdamp,
                             blocksize=self.cfg.blocksize, act_order=self.cfg.act_order,
-                            where=f"{where} ({node.format_node()})", tokens=hess.tokens)
+                            where=f"{where} ({node.format_node()})", tokens=hess.tokens,
+                            row_hessians=rows)
         dq = res.weight.dequantize()  # [K, N]: what convert will compute with
-        weight.copy_(dq.T if site.op.weight_layout == "out_in" else dq)
+        update = dq.T if site.op.weight_layout == "out_in" else dq
+        if self.cfg.sequential:
+            weight.copy_(update)
+        else:
+            self.deferred.append((weight, update))
         self.ctx.quantized_weights[node.name] = res.weight
-        err, err_rtn = _layer_errors(w, dq.T, quantize_weight(w, spec).dequantize().T, h)
+        err, err_rtn = _layer_errors(w, dq.T, quantize_weight(w, spec).dequantize().T,
+                                     row_parts(w.shape[0], h, rows))
         self.report["layers"].append({
             "layer": where, "format": spec.format, "granularity": repr(spec.granularity),
-            "tokens": hess.tokens, "dead_features": res.dead_features, "rel_error": err,
-            "rel_error_rtn": err_rtn, "seconds": time.perf_counter() - start})
+            "tokens": hess.tokens, "hessian": hessian, "dead_features": res.dead_features,
+            "rel_error": err, "rel_error_rtn": err_rtn, "seconds": time.perf_counter() - start})
         self.pending[x] -= 1
         if self.pending[x] == 0:
             del self.hessians[x]
@@ -190,9 +214,11 @@ class _Solver:
 
 
 def _layer_errors(w: torch.Tensor, w_gptq: torch.Tensor, w_rtn: torch.Tensor,
-                  h: torch.Tensor) -> tuple[float, float]:
-    """Relative layer output errors tr(D H Dᵀ) / tr(W H Wᵀ) of GPTQ's and RTN's weights."""
-    h32 = h.float()
-    stacked = torch.cat([w_gptq - w, w_rtn - w, w])  # [3N, K]
-    quad = ((stacked @ h32) * stacked).sum(1).reshape(3, -1).sum(1)
+                  parts: list[tuple[torch.Tensor, torch.Tensor]]) -> tuple[float, float]:
+    """Relative layer output errors Σ tr(D H Dᵀ) / Σ tr(W H Wᵀ) of GPTQ's and RTN's weights,
+    each set of rows under the Hessian GPTQ solved it with."""
+    quad = torch.zeros(3)
+    for rows, h in parts:
+        stacked = torch.cat([w_gptq[rows] - w[rows], w_rtn[rows] - w[rows], w[rows]])
+        quad += ((stacked @ h.float()) * stacked).sum(1).reshape(3, -1).sum(1)
     return float(quad[0] / quad[2]), float(quad[1] / quad[2])

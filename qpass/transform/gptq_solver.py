@@ -27,6 +27,7 @@ each column with float32 scales, as the converted graph does.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -85,8 +86,15 @@ def _pack(q: torch.Tensor, scale: torch.Tensor, zp: torch.Tensor,
 
 def gptq_quantize(w: torch.Tensor, h: torch.Tensor, spec: QuantSpec, *, percdamp: float = 0.01,
                   blocksize: int = 128, act_order: bool = False, where: str = "a layer",
-                  tokens: int = 0) -> GPTQResult:
-    """Quantize ``w`` [N, K] (out, in) for the Hessian ``h`` [K, K] of its input."""
+                  tokens: int = 0,
+                  row_hessians: Sequence[tuple[torch.Tensor, torch.Tensor]] = ()) -> GPTQResult:
+    """Quantize ``w`` [N, K] (out, in) for the Hessian ``h`` [K, K] of its input.
+
+    ``row_hessians``: (rows, H) pairs that give some rows their own Hessian (an attention-
+    weighted one per value head, see ``attention_values``); rows not listed use ``h``. Each
+    row's solution depends on its own Hessian only, so solving a set of rows against H gives
+    the rows the same integers as solving the whole matrix against H.
+    """
     n, k = w.shape
     g = spec.granularity
     gsize = g.size if isinstance(g, PerGroup) else k
@@ -94,18 +102,52 @@ def gptq_quantize(w: torch.Tensor, h: torch.Tensor, spec: QuantSpec, *, percdamp
         block_size(k, gsize)
     except ValueError as exc:
         raise ValueError(f"GPTQ cannot store the groups of {where}: {exc}") from None
-    ngroups = -(-k // gsize)
+    dynamic_groups = isinstance(g, PerGroup) and not act_order
+    if dynamic_groups:  # filled in as the solver reaches each group
+        scale = torch.empty(n, -(-k // gsize))
+        zp = torch.empty(n, -(-k // gsize), dtype=spec.fmt.storage)
+    else:
+        scale, zp = _static_qparams(w, spec)  # [N, G], or [1, 1] per tensor
+    codes = torch.empty(n, k, dtype=spec.fmt.storage)
+    parts = row_parts(n, h, row_hessians)
+    dead = 0
+    for rows, hr in parts:
+        prow = rows if scale.shape[0] == n else slice(None)  # per tensor: one shared scale
+        sr, zr = scale[prow], zp[prow]
+        codes[rows], d = _solve(w[rows], hr, spec, sr, zr, dynamic_groups, gsize, percdamp,
+                                blocksize, act_order, where, tokens)
+        scale[prow], zp[prow] = sr, zr
+        dead = max(dead, d)
+    return GPTQResult(_pack(codes, scale, zp, spec), dead)
+
+
+def row_parts(n: int, h: torch.Tensor, row_hessians) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """(rows, H) for every row: the given sets, then the rest against ``h``."""
+    taken = torch.zeros(n, dtype=torch.bool)
+    parts = []
+    for rows, hr in row_hessians:
+        rows = torch.as_tensor(rows, dtype=torch.long)
+        if taken[rows].any():
+            raise ValueError("GPTQ row_hessians: a row is given two Hessians")
+        taken[rows] = True
+        parts.append((rows, hr))
+    rest = torch.nonzero(~taken).flatten()
+    if len(rest):
+        parts.append((rest, h))
+    return parts
+
+
+def _solve(w: torch.Tensor, h: torch.Tensor, spec: QuantSpec, scale: torch.Tensor,
+           zp: torch.Tensor, dynamic_groups: bool, gsize: int, percdamp: float, blocksize: int,
+           act_order: bool, where: str, tokens: int) -> tuple[torch.Tensor, int]:
+    """Codes [n, K] of the rows ``w`` [n, K]; fills ``scale``/``zp`` [n, G] in place when the
+    groups are dynamic (static ones are read)."""
+    n, k = w.shape
     fmt = spec.fmt
     perm = torch.argsort(torch.diagonal(h), descending=True, stable=True) if act_order \
         else torch.arange(k)
     u, dead = inverse_cholesky(h[perm][:, perm], percdamp, where, tokens)
-    dynamic_groups = isinstance(g, PerGroup) and not act_order
-    if dynamic_groups:  # filled in as the solver reaches each group
-        scale = torch.empty(n, ngroups)
-        zp = torch.empty(n, ngroups, dtype=fmt.storage)
-    else:
-        scale, zp = _static_qparams(w, spec)  # [N, G]
-    work = w.double()[:, perm].clone()  # [N, K] in visiting order
+    work = w.double()[:, perm].clone()  # [n, K] in visiting order
     codes = torch.empty(n, k, dtype=fmt.storage)
     bsize = _block_size(blocksize, spec)
     for i1 in range(0, k, bsize):
@@ -125,4 +167,4 @@ def gptq_quantize(w: torch.Tensor, h: torch.Tensor, spec: QuantSpec, *, percdamp
             w1[:, i:] -= e[:, None] * u1[i, i:][None, :]
             err1[:, i] = e
         work[:, i2:] -= err1 @ u[i1:i2, i2:]
-    return GPTQResult(_pack(codes, scale, zp, spec), dead)
+    return codes, dead

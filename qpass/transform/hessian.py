@@ -27,10 +27,12 @@ class Hessian:
     def empty(cls, k: int) -> Hessian:
         return cls(torch.zeros(k, k, dtype=torch.float64))
 
-    def update(self, x: torch.Tensor) -> None:
-        """Add one batch: its xᵀx in float32 (the batch's matmul), summed in float64."""
+    def update(self, x: torch.Tensor, weight: torch.Tensor | None = None) -> None:
+        """Add one batch: its xᵀx in float32 (the batch's matmul), summed in float64;
+        ``weight`` (one per token of x) weighs each token's xᵀx."""
         x2 = x.detach().reshape(-1, x.shape[-1]).float()  # x: [tokens, K]
-        self.h += (x2.T @ x2).double()
+        xw = x2 if weight is None else x2 * weight.detach().reshape(-1, 1).float()
+        self.h += (xw.T @ x2).double()
         self.tokens += x2.shape[0]
 
     @property

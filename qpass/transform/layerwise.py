@@ -45,6 +45,22 @@ class LayerwiseWalk:
             raise ValueError(f"{node.format_node()} has no live value in the layer-wise walk "
                              "(not computed yet, or freed after its last use)") from None
 
+    def peek(self, node: fx.Node) -> list[Any]:
+        """The value of ``node`` in every batch, computed ahead of the walk if need be from the
+        live values it depends on (nothing is stored: the walk computes it again in its turn).
+        Fails when an input it needs was already freed."""
+        out = []
+        for interp in self.interps:
+            live = interp.env
+            interp.env = dict(live)  # a scratch environment for the look-ahead
+            try:
+                for n in _ancestors(node, interp.env):
+                    interp.env[n] = interp.run_node(n)
+                out.append(interp.env[node])
+            finally:
+                interp.env = live
+        return out
+
     def replace(self, node: fx.Node, values: Iterable[Any]) -> None:
         """Give the live ``node`` new values, one per batch."""
         values = list(values)
@@ -81,3 +97,24 @@ class LayerwiseWalk:
             raise ValueError(f"the layer-wise walk never reached {names}: they are not nodes of "
                              "the graph it walked")
         self.interps = []  # free the remaining live values
+
+
+def _ancestors(node: fx.Node, env: dict[fx.Node, Any]) -> list[fx.Node]:
+    """The nodes ``node`` needs that ``env`` lacks, ``node`` included, in topological order."""
+    order: list[fx.Node] = []
+    seen: set[fx.Node] = set()
+    stack = [(node, False)]
+    while stack:
+        n, done = stack.pop()
+        if done:
+            order.append(n)
+            continue
+        if n in seen or n in env:
+            continue
+        if n.op == "placeholder":
+            raise ValueError(f"the layer-wise walk cannot compute {node.name} ahead: it needs "
+                             f"the input {n.name}, freed after its last use")
+        seen.add(n)
+        stack.append((n, True))
+        stack.extend((a, False) for a in n.all_input_nodes)
+    return order

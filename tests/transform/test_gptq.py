@@ -151,5 +151,6 @@ def test_recipe_round_trip():
     recipe = _recipe(QuantSpec("int4", granularity=PerGroup(128)), GPTQ(act_order=True))
     d = recipe.to_dict()
     assert d["passes"][0] == {"type": "gptq", "percdamp": 0.01, "blocksize": 128,
-                              "act_order": True, "skip": []}
+                              "act_order": True, "skip": [], "attention_values": True,
+                              "residual_weighted": True, "sequential": True}
     assert qpass.Recipe.from_dict(d) == recipe
