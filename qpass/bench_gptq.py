@@ -36,11 +36,12 @@ from qpass.transform.gptq import GPTQ
 
 log = logging.getLogger("qpass.bench_gptq")
 BENCH_MODELS = {"smollm2": "smollm2-135m"}
-PLAIN = {"attention_values": False, "residual_weighted": False}
+PLAIN = {"attention_values": False, "residual_weighted": False}  # AWQ's default
 METHODS: dict[str, tuple[Any, ...]] = {
     "rtn": (), "gptq": (GPTQ(),), "awq": (AWQ(),), "awq+gptq": (AWQ(), GPTQ()),
     # the textbook Hessian XᵀX for every layer (see qpass.transform.site_hessians)
-    "gptq_plain": (GPTQ(**PLAIN),), "awq_plain": (AWQ(**PLAIN),),
+    "gptq_plain": (GPTQ(**PLAIN),),
+    "awq_weighted": (AWQ(attention_values=True, residual_weighted=True),),
     "gptq_act_order": (GPTQ(act_order=True),)}
 DEFAULT_METHODS = ("rtn", "gptq", "awq", "awq+gptq")
 GRANULARITIES = {"g128": PerGroup(128), "channel": PerChannel(0)}

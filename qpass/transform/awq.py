@@ -42,7 +42,8 @@ class AWQ(Pass):
     ``clip_grid`` steps. ``skip``: module-FQN globs AWQ leaves alone.
     ``attention_values`` / ``residual_weighted``: measure the output error of value
     projections through their attention, and of residual writers relative to the residual
-    stream, as GPTQ does (``site_hessians``)."""
+    stream, as GPTQ does (``site_hessians``). Off by default: on SmolLM2 (4-bit g128) AWQ
+    measured PPL 27.92 with them against 27.59 without, while GPTQ needs them."""
 
     grid: int = 20
     duo_scaling: bool = True
@@ -50,8 +51,8 @@ class AWQ(Pass):
     max_shrink: float = 0.5
     clip_grid: int = 20
     skip: tuple[str, ...] = ()
-    attention_values: bool = True
-    residual_weighted: bool = True
+    attention_values: bool = False
+    residual_weighted: bool = False
 
     stage: ClassVar[str] = "weights"
 
