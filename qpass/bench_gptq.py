@@ -42,7 +42,8 @@ METHODS: dict[str, tuple[Any, ...]] = {
     # the textbook Hessian XᵀX for every layer (see qpass.transform.site_hessians)
     "gptq_plain": (GPTQ(**PLAIN),),
     "awq_weighted": (AWQ(attention_values=True, residual_weighted=True),),
-    "gptq_act_order": (GPTQ(act_order=True),)}
+    "gptq_act_order": (GPTQ(act_order=True),),
+    "gptq_float_inputs": (GPTQ(sequential=False),)}
 DEFAULT_METHODS = ("rtn", "gptq", "awq", "awq+gptq")
 GRANULARITIES = {"g128": PerGroup(128), "channel": PerChannel(0)}
 
