@@ -43,7 +43,8 @@ METHODS: dict[str, tuple[Any, ...]] = {
     "gptq_plain": (GPTQ(**PLAIN),),
     "awq_weighted": (AWQ(attention_values=True, residual_weighted=True),),
     "gptq_act_order": (GPTQ(act_order=True),),
-    "gptq_float_inputs": (GPTQ(sequential=False),)}
+    "gptq_float_inputs": (GPTQ(sequential=False),),
+    "gptq_damp0.3": (GPTQ(percdamp=0.3),)}
 DEFAULT_METHODS = ("rtn", "gptq", "awq", "awq+gptq")
 GRANULARITIES = {"g128": PerGroup(128), "channel": PerChannel(0)}
 
