@@ -140,7 +140,8 @@ def _onnx(a, gm, example, batches, evals) -> dict[str, Any]:
     except Exception as exc:  # report the failure in the table instead of losing the run
         return {"error": f"{type(exc).__name__}: {exc}"[:500]}
     parity = compare(q, str(path), evals, threads=a.threads, progress=True)
-    return {"path": str(path), "bytes": path.stat().st_size, **asdict(parity)}
+    return {"path": str(path), "bytes": path.stat().st_size, **asdict(parity),
+            "ppl_rel_diff": parity.ppl_rel_diff}  # a property: asdict leaves it out
 
 
 def _depth(a, loaded, example, batches) -> list[dict[str, Any]]:
@@ -200,10 +201,10 @@ def main(argv: list[str] | None = None) -> int:
     rows = _rows(a, gm, example, batches, evals)
     onnx = _onnx(a, gm, example, batches, evals) if a.onnx else None
     depth = _depth(a, loaded, example, batches) if a.depth else []
-    print_tables(rows, fp32, onnx, depth)
     (a.out / "results.json").write_text(json.dumps(
         {"fp32_ppl": fp32, "rows": [asdict(r) for r in rows], "onnx": onnx, "depth": depth,
          "args": {k: str(v) for k, v in vars(a).items()}}, indent=2))
+    print_tables(rows, fp32, onnx, depth)
     return 0
 
 
