@@ -25,6 +25,7 @@ import torch.fx as fx
 from qpass.passes import PASSES, Pass, PassContext, PassResult
 from qpass.quantizable import Site, canonical_weight, fetch_attr, find_sites
 from qpass.transform import awq_search as search
+from qpass.transform.gptq_solver import row_parts
 from qpass.transform.groups import LinearFold, ScaleGroup, find_scale_groups
 from qpass.transform.layerwise import LayerwiseWalk
 from qpass.transform.site_hessians import SiteHessians
@@ -80,9 +81,7 @@ class AWQ(Pass):
         walk = LayerwiseWalk(gm, ctx.batches)
         order = {n: i for i, n in enumerate(gm.graph.nodes)}
         first = {min((s.node for s in g.consumers), key=order.__getitem__): g for g in todo}
-        worker = _Searcher(self, gm, ctx, walk, report)
-        worker.special = SiteHessians(walk, sites, attention_values=self.attention_values,
-                                      residual_weighted=self.residual_weighted, owner="awq")
+        worker = _Searcher(self, gm, ctx, walk, sites, report)
         walk.run(first, lambda node: worker.group(first[node]), ctx.progress, "qpass awq")
         report["seconds"] = time.perf_counter() - start
         log.info("qpass awq: %d of %d groups scaled in %.1f s", len(todo), len(groups),
@@ -100,9 +99,10 @@ class AWQ(Pass):
 
 class _Searcher:
     def __init__(self, cfg: AWQ, gm: fx.GraphModule, ctx: PassContext, walk: LayerwiseWalk,
-                 report: dict[str, Any]) -> None:
+                 sites: list[Site], report: dict[str, Any]) -> None:
         self.cfg, self.gm, self.ctx, self.walk, self.report = cfg, gm, ctx, walk, report
-        self.special: SiteHessians  # set by the pass
+        self.special = SiteHessians(walk, sites, attention_values=cfg.attention_values,
+                                    residual_weighted=cfg.residual_weighted, owner="awq")
 
     def group(self, g: ScaleGroup) -> None:
         start = time.perf_counter()
@@ -142,14 +142,8 @@ class _Searcher:
         grams, kinds = [], {}
         for site, w in zip(g.consumers, weights, strict=True):
             special, kind = self.special.row_hessians(site, w.shape[0])
-            rest = torch.ones(w.shape[0], dtype=torch.bool)
-            parts = []
-            for rows, h in special:  # Hessians are 2 XᵀX / n
-                rest[rows] = False
-                parts.append((rows, (h / 2).float()))
-            if rest.any():
-                parts.append((torch.nonzero(rest).flatten(), h32))
-            grams.append(parts)
+            grams.append(row_parts(w.shape[0], h32, [(rows, (h / 2).float())  # H = 2XᵀX/n
+                                                     for rows, h in special]))
             kinds[site.fqn or site.node.name] = kind
         return grams, kinds
 

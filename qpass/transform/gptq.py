@@ -90,11 +90,8 @@ class GPTQ(Pass):
         if not sites:
             return PassResult(gm, False, report)
         start = time.perf_counter()
-        solver = _Solver(self, gm, ctx, sites, report)
         walk = LayerwiseWalk(gm, ctx.batches)
-        solver.walk = walk
-        solver.special = SiteHessians(walk, sites, attention_values=self.attention_values,
-                                      residual_weighted=self.residual_weighted, owner="gptq")
+        solver = _Solver(self, gm, ctx, walk, sites, report)
         walk.run([s.node for s in sites], solver.before, ctx.progress, "qpass gptq")
         for weight, update in solver.deferred:
             weight.copy_(update)
@@ -144,22 +141,21 @@ def _check_sites(gm: fx.GraphModule, sites: list[Site],
 class _Solver:
     """The walk's callback: one Hessian per input activation, freed after its last reader."""
 
-    def __init__(self, cfg: GPTQ, gm: fx.GraphModule, ctx: PassContext, sites: list[Site],
-                 report: dict[str, Any]) -> None:
-        self.cfg, self.gm, self.ctx, self.report = cfg, gm, ctx, report
+    def __init__(self, cfg: GPTQ, gm: fx.GraphModule, ctx: PassContext, walk: LayerwiseWalk,
+                 sites: list[Site], report: dict[str, Any]) -> None:
+        self.cfg, self.gm, self.ctx, self.walk, self.report = cfg, gm, ctx, walk, report
         self.sites = {s.node: s for s in sites}
         self.pending: dict[fx.Node, int] = {}
         for s in sites:
             self.pending[s.activation_node] = self.pending.get(s.activation_node, 0) + 1
         self.hessians: dict[fx.Node, Hessian] = {}
         self.short: list[tuple[str, int, int]] = []  # (layer, tokens, features)
-        self.walk: LayerwiseWalk | None = None
-        self.special: SiteHessians | None = None  # set with the walk
+        self.special = SiteHessians(walk, sites, attention_values=cfg.attention_values,
+                                    residual_weighted=cfg.residual_weighted, owner="gptq")
         self.deferred: list[tuple[torch.Tensor, torch.Tensor]] = []  # sequential=False
 
     def hessian(self, x: fx.Node) -> Hessian:
         if x not in self.hessians:
-            assert self.walk is not None
             values = self.walk.values(x)
             hess = Hessian.empty(values[0].shape[-1])
             for v in values:
@@ -179,7 +175,6 @@ class _Solver:
         h = hess.value
         if hess.tokens < w.shape[1]:
             self.short.append((where, hess.tokens, w.shape[1]))
-        assert self.special is not None
         rows, hessian = self.special.row_hessians(site, w.shape[0])
         res = gptq_quantize(w, h, spec, percdamp=self.cfg.percdamp,
                             blocksize=self.cfg.blocksize, act_order=self.cfg.act_order,

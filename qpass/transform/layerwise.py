@@ -46,17 +46,23 @@ class LayerwiseWalk:
                              "(not computed yet, or freed after its last use)") from None
 
     def peek(self, node: fx.Node) -> list[Any]:
-        """The value of ``node`` in every batch, computed ahead of the walk if need be from the
-        live values it depends on (nothing is stored: the walk computes it again in its turn).
-        Fails when an input it needs was already freed."""
-        out = []
+        """The value of ``node`` in every batch, computed ahead if need be (``peek_many``)."""
+        return self.peek_many([node])[0]
+
+    def peek_many(self, nodes: list[fx.Node]) -> list[list[Any]]:
+        """For each of ``nodes``, its value in every batch, computed ahead of the walk if need
+        be from the live values it depends on (ancestors shared by ``nodes`` are computed
+        once; nothing is stored: the walk computes them again in their turn). Fails when an
+        input they need was already freed."""
+        out: list[list[Any]] = [[] for _ in nodes]
         for interp in self.interps:
             live = interp.env
             interp.env = dict(live)  # a scratch environment for the look-ahead
             try:
-                for n in _ancestors(node, interp.env):
+                for n in _ancestors(nodes, interp.env):
                     interp.env[n] = interp.run_node(n)
-                out.append(interp.env[node])
+                for values, node in zip(out, nodes, strict=True):
+                    values.append(interp.env[node])
             finally:
                 interp.env = live
         return out
@@ -99,11 +105,12 @@ class LayerwiseWalk:
         self.interps = []  # free the remaining live values
 
 
-def _ancestors(node: fx.Node, env: dict[fx.Node, Any]) -> list[fx.Node]:
-    """The nodes ``node`` needs that ``env`` lacks, ``node`` included, in topological order."""
+def _ancestors(nodes: list[fx.Node], env: dict[fx.Node, Any]) -> list[fx.Node]:
+    """The nodes ``nodes`` need that ``env`` lacks, themselves included, in topological
+    order."""
     order: list[fx.Node] = []
     seen: set[fx.Node] = set()
-    stack = [(node, False)]
+    stack = [(n, False) for n in reversed(nodes)]
     while stack:
         n, done = stack.pop()
         if done:
@@ -112,8 +119,8 @@ def _ancestors(node: fx.Node, env: dict[fx.Node, Any]) -> list[fx.Node]:
         if n in seen or n in env:
             continue
         if n.op == "placeholder":
-            raise ValueError(f"the layer-wise walk cannot compute {node.name} ahead: it needs "
-                             f"the input {n.name}, freed after its last use")
+            raise ValueError(f"the layer-wise walk cannot compute {nodes[0].name} ahead: it "
+                             f"needs the input {n.name}, freed after its last use")
         seen.add(n)
         stack.append((n, True))
         stack.extend((a, False) for a in n.all_input_nodes)
