@@ -46,6 +46,15 @@ def real_users(node: fx.Node) -> list[fx.Node]:
     return [u for u in node.users if u.target not in IGNORED_USERS]
 
 
+def residual_add(node: fx.Node) -> fx.Node | None:
+    """The add that is the only reader of ``node`` (a linear writing into the residual
+    stream: o_proj, down_proj), or ``None``."""
+    users = real_users(node)
+    if len(users) == 1 and users[0].target is torch.ops.aten.add.Tensor:
+        return users[0]
+    return None
+
+
 def _concrete(arg: Any) -> Any:
     """An argument with SymInt nodes replaced by the example value they were traced with."""
     if isinstance(arg, torch.SymInt):

@@ -56,6 +56,7 @@ class GPTQ(Pass):
     come from each site's weight spec, as the recipe's policies assigned it."""
 
     percdamp: float = 0.01
+    shrinkage: float = 0.5
     blocksize: int = 128
     act_order: bool = False
     skip: tuple[str, ...] = ()
@@ -69,6 +70,9 @@ class GPTQ(Pass):
         if not 0.0 <= self.percdamp <= 1.0:
             raise ValueError(f"GPTQ.percdamp={self.percdamp!r} is not valid; allowed: a number "
                              "in [0, 1] (0.01 is the paper's default)")
+        if not 0.0 <= self.shrinkage <= 1.0:
+            raise ValueError(f"GPTQ.shrinkage={self.shrinkage!r} is not valid; allowed: a number "
+                             "in [0, 1] (0 keeps the textbook Hessian, 1 rounds to nearest)")
         if self.blocksize < 1:
             raise ValueError(f"GPTQ.blocksize={self.blocksize!r} is not valid; allowed: a "
                              "positive number of columns, e.g. 128")
@@ -176,7 +180,7 @@ class _Solver:
         if hess.tokens < w.shape[1]:
             self.short.append((where, hess.tokens, w.shape[1]))
         rows, hessian = self.special.row_hessians(site, w.shape[0])
-        res = gptq_quantize(w, h, spec, percdamp=self.cfg.percdamp,
+        res = gptq_quantize(w, h, spec, percdamp=self.cfg.percdamp, shrinkage=self.cfg.shrinkage,
                             blocksize=self.cfg.blocksize, act_order=self.cfg.act_order,
                             where=f"{where} ({node.format_node()})", tokens=hess.tokens,
                             row_hessians=rows)

@@ -87,13 +87,15 @@ def _pack(q: torch.Tensor, scale: torch.Tensor, zp: torch.Tensor,
 def gptq_quantize(w: torch.Tensor, h: torch.Tensor, spec: QuantSpec, *, percdamp: float = 0.01,
                   blocksize: int = 128, act_order: bool = False, where: str = "a layer",
                   tokens: int = 0,
-                  row_hessians: Sequence[tuple[torch.Tensor, torch.Tensor]] = ()) -> GPTQResult:
+                  row_hessians: Sequence[tuple[torch.Tensor, torch.Tensor]] = (),
+                  shrinkage: float = 0.0) -> GPTQResult:
     """Quantize ``w`` [N, K] (out, in) for the Hessian ``h`` [K, K] of its input.
 
     ``row_hessians``: (rows, H) pairs that give some rows their own Hessian (an attention-
     weighted one per value head, see ``attention_values``); rows not listed use ``h``. Each
     row's solution depends on its own Hessian only, so solving a set of rows against H gives
-    the rows the same integers as solving the whole matrix against H.
+    the rows the same integers as solving the whole matrix against H. ``percdamp`` and
+    ``shrinkage`` regularize every H (``hessian.inverse_cholesky``).
     """
     n, k = w.shape
     g = spec.granularity
@@ -114,8 +116,8 @@ def gptq_quantize(w: torch.Tensor, h: torch.Tensor, spec: QuantSpec, *, percdamp
     for rows, hr in parts:
         prow = rows if scale.shape[0] == n else slice(None)  # per tensor: one shared scale
         sr, zr = scale[prow], zp[prow]
-        codes[rows], d = _solve(w[rows], hr, spec, sr, zr, dynamic_groups, gsize, percdamp,
-                                blocksize, act_order, where, tokens)
+        codes[rows], d = _solve(w[rows], hr, spec, sr, zr, dynamic_groups, gsize,
+                                (percdamp, shrinkage), blocksize, act_order, where, tokens)
         scale[prow], zp[prow] = sr, zr
         dead = max(dead, d)
     return GPTQResult(_pack(codes, scale, zp, spec), dead)
@@ -138,15 +140,17 @@ def row_parts(n: int, h: torch.Tensor, row_hessians) -> list[tuple[torch.Tensor,
 
 
 def _solve(w: torch.Tensor, h: torch.Tensor, spec: QuantSpec, scale: torch.Tensor,
-           zp: torch.Tensor, dynamic_groups: bool, gsize: int, percdamp: float, blocksize: int,
-           act_order: bool, where: str, tokens: int) -> tuple[torch.Tensor, int]:
+           zp: torch.Tensor, dynamic_groups: bool, gsize: int, damping: tuple[float, float],
+           blocksize: int, act_order: bool, where: str, tokens: int) -> tuple[torch.Tensor, int]:
     """Codes [n, K] of the rows ``w`` [n, K]; fills ``scale``/``zp`` [n, G] in place when the
-    groups are dynamic (static ones are read)."""
+    groups are dynamic (static ones are read). ``damping``: (percdamp, shrinkage), see
+    ``hessian.inverse_cholesky``."""
     n, k = w.shape
     fmt = spec.fmt
     perm = torch.argsort(torch.diagonal(h), descending=True, stable=True) if act_order \
         else torch.arange(k)
-    u, dead = inverse_cholesky(h[perm][:, perm], percdamp, where, tokens)
+    percdamp, shrinkage = damping
+    u, dead = inverse_cholesky(h[perm][:, perm], percdamp, where, tokens, shrinkage)
     work = w.double()[:, perm].clone()  # [n, K] in visiting order
     codes = torch.empty(n, k, dtype=fmt.storage)
     bsize = _block_size(blocksize, spec)

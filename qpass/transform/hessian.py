@@ -44,16 +44,22 @@ class HessianError(ValueError):
     """H cannot be factored: GPTQ has no error-feedback direction for this layer."""
 
 
-def inverse_cholesky(h: torch.Tensor, percdamp: float, where: str,
-                     tokens: int) -> tuple[torch.Tensor, int]:
-    """Upper Cholesky factor U of (H + λI)⁻¹ with λ = ``percdamp`` · mean(diag H), and the
-    number of dead input features (never active on the calibration data: H_ii = 0, given
-    H_ii = 1 so that they decouple and are rounded to nearest).
+def inverse_cholesky(h: torch.Tensor, percdamp: float, where: str, tokens: int,
+                     shrinkage: float = 0.0) -> tuple[torch.Tensor, int]:
+    """Upper Cholesky factor U of (H' + λI)⁻¹, and the number of dead input features (never
+    active on the calibration data: H_ii = 0, given H_ii = 1 so that they decouple and are
+    rounded to nearest).
 
-    ``where`` names the layer for errors. H is not modified.
+    H' = (1 - ``shrinkage``) H + ``shrinkage`` diag(H) shrinks the off-diagonal correlations
+    toward zero, keeping each feature's own scale (0: the textbook H; 1: a diagonal H, for
+    which GPTQ is round-to-nearest). λ = ``percdamp`` · mean(diag H). ``where`` names the
+    layer for errors. H is not modified.
     """
     h = h.clone()
     k = h.shape[0]
+    if shrinkage:
+        diag = torch.diagonal(h).clone()
+        h.mul_(1.0 - shrinkage).diagonal().copy_(diag)
     if not torch.isfinite(h).all():
         raise HessianError(
             f"GPTQ: the Hessian of {where} holds NaN or Inf (its input overflowed on the "

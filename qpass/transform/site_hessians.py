@@ -26,7 +26,7 @@ import torch.fx as fx
 
 from qpass.quantizable import Site
 from qpass.transform.attention_values import find_value_paths, value_hessians
-from qpass.transform.channels import real_users
+from qpass.transform.channels import residual_add
 from qpass.transform.hessian import Hessian
 from qpass.transform.layerwise import LayerwiseWalk
 
@@ -75,8 +75,7 @@ class SiteHessians:
         (computed ahead with the site's current weight), or ``None``."""
         if not self.residual_weighted:
             return None
-        users = real_users(site.node)
-        if len(users) != 1 or users[0].target is not torch.ops.aten.add.Tensor:
+        add = residual_add(site.node)
+        if add is None:
             return None
-        return [1.0 / r.double().pow(2).mean(-1).clamp(min=1e-12)
-                for r in self.walk.peek(users[0])]
+        return [1.0 / r.double().pow(2).mean(-1).clamp(min=1e-12) for r in self.walk.peek(add)]

@@ -8,8 +8,10 @@ import torch
 
 import qpass
 from qpass.config import LayerPrecision, PerGroup, QuantSpec
+from qpass.quantizable import find_sites
 from qpass.transform import awq_search as search
 from qpass.transform.awq import AWQ
+from qpass.transform.block_output import block_output
 from qpass.transform.gptq import GPTQ
 from tests.transform.toy_models import tiny_llama
 
@@ -94,3 +96,43 @@ def test_recipe_round_trip():
     d = recipe.to_dict()
     assert [p["type"] for p in d["passes"]] == ["awq", "gptq"]
     assert qpass.Recipe.from_dict(d) == recipe
+
+
+def test_block_output_is_the_next_linear_the_group_feeds(llama):
+    _, gm, _, _ = llama
+    sites = find_sites(gm)
+    by_fqn = {s.fqn: s for s in sites}
+    layer = "model.model.layers.0."
+    attn = [by_fqn[layer + f"self_attn.{p}_proj"] for p in "qkv"]
+    mlp = [by_fqn[layer + f"mlp.{p}_proj"] for p in ("gate", "up")]
+    assert block_output(attn, sites) is by_fqn[layer + "self_attn.o_proj"].node
+    assert block_output(mlp, sites) is by_fqn[layer + "mlp.down_proj"].node
+    for writer in ("self_attn.o_proj", "mlp.down_proj"):  # added into the residual stream
+        assert block_output([by_fqn[layer + writer]], sites) is None
+
+
+def test_scale_error_is_measured_on_the_attention_block_output(llama):
+    """The q/k/v group's unscaled error equals Σ ||o_proj(attention(Q(W))) - o_proj(...)||²
+    computed in eager PyTorch with round-to-nearest q/k/v weights."""
+    model, gm, batches, _ = llama
+    prepared = qpass.prepare(gm, _recipe(AWQ(clip=False)), batches[0], calib_data=batches,
+                             progress=False)
+    group = prepared.meta["qpass"].reports["passes"]["awq"]["groups"][0]
+    attn = model.model.model.layers[0].self_attn
+    assert group["consumers"][0].endswith("layers.0.self_attn.q_proj")
+    assert group["inspected"] is not None
+    outs: list[torch.Tensor] = []
+    hook = attn.o_proj.register_forward_hook(lambda m, i, o: outs.append(o.detach()))
+    try:
+        with torch.no_grad():
+            ref = [(model(*b), outs.pop())[1] for b in batches]
+            saved = [p.weight.detach().clone() for p in (attn.q_proj, attn.k_proj, attn.v_proj)]
+            for p in (attn.q_proj, attn.k_proj, attn.v_proj):
+                p.weight.copy_(search.fake_quant(p.weight, W3))
+            got = [(model(*b), outs.pop())[1] for b in batches]
+            for p, w in zip((attn.q_proj, attn.k_proj, attn.v_proj), saved, strict=True):
+                p.weight.copy_(w)
+    finally:
+        hook.remove()
+    want = sum(float((g - r).double().pow(2).sum()) for g, r in zip(got, ref, strict=True))
+    assert group["error_unscaled"] == pytest.approx(want, rel=1e-4)

@@ -32,19 +32,22 @@ def _data(n=4, rows=64, k=128, seed=1):
 def test_each_layer_is_solved_on_inputs_of_the_quantized_layers_before_it():
     model, batches = _mlp(), _data()
     spec = QuantSpec("int4", symmetric=False, granularity=PerGroup(32))
-    prepared = qpass.prepare(model, _recipe(spec, GPTQ()), batches[0], calib_data=batches,
+    cfg = GPTQ()
+    prepared = qpass.prepare(model, _recipe(spec, cfg), batches[0], calib_data=batches,
                              progress=False)
     got = prepared.meta["qpass"].quantized_weights
     assert len(got) == 2
     # the reference: layer 0 from the float input, layer 1 from layer 0 *quantized*
     x = torch.cat([b[0] for b in batches]).double()
     h0 = 2 * x.T @ x / len(x)
-    q0, ties0 = reference_gptq(model[0].weight.detach(), h0, "int4", False, 32)
+    q0, ties0 = reference_gptq(model[0].weight.detach(), h0, "int4", False, 32,
+                               shrinkage=cfg.shrinkage)
     first = qpass.convert(prepared)
     w0 = got[_site_names(prepared)[0]].dequantize().double()  # [K, N]
     hid = torch.relu(x @ w0 + model[0].bias.double())
     h1 = 2 * hid.T @ hid / len(hid)
-    q1, ties1 = reference_gptq(model[2].weight.detach(), h1, "int4", False, 32)
+    q1, ties1 = reference_gptq(model[2].weight.detach(), h1, "int4", False, 32,
+                               shrinkage=cfg.shrinkage)
     for (name, qw), want, ties in zip(sorted(got.items()), (q0, q1), (ties0, ties1),
                                       strict=True):
         same = (qw.q.T.long() == want).all(1)
@@ -135,11 +138,22 @@ def test_singular_hessian_names_the_layer():
     model, batches = _mlp(), _data(2, rows=20)
     spec = QuantSpec("int4", granularity=PerGroup(32))
     with pytest.raises(ValueError, match=r"not positive definite.*Raise GPTQ\.percdamp"):
-        qpass.prepare(model, _recipe(spec, GPTQ(percdamp=0.0)), batches[0], calib_data=batches,
-                      progress=False)
+        qpass.prepare(model, _recipe(spec, GPTQ(percdamp=0.0, shrinkage=0.0)), batches[0],
+                      calib_data=batches, progress=False)
 
 
-@pytest.mark.parametrize("bad", [{"percdamp": -0.1}, {"percdamp": 2.0}, {"blocksize": 0},
+def test_shrinkage_holds_up_the_hessian_that_too_few_tokens_leave_singular():
+    model, batches = _mlp(), _data(2, rows=20)  # 40 tokens for up to 192 input features
+    spec = QuantSpec("int4", granularity=PerGroup(32))
+    with pytest.warns(UserWarning, match="GPTQ saw only 40"):
+        q = qpass.quantize(model, _recipe(spec, GPTQ(percdamp=0.0, shrinkage=0.5)), batches,
+                           batches[0], progress=False)
+    with torch.no_grad():
+        assert torch.isfinite(q(*batches[0])).all()
+
+
+@pytest.mark.parametrize("bad", [{"percdamp": -0.1}, {"percdamp": 2.0}, {"shrinkage": -0.5},
+                                 {"shrinkage": 1.5}, {"blocksize": 0},
                                  {"skip": "lm_head"}])
 def test_invalid_config_names_the_field(bad):
     field = next(iter(bad))
@@ -150,7 +164,8 @@ def test_invalid_config_names_the_field(bad):
 def test_recipe_round_trip():
     recipe = _recipe(QuantSpec("int4", granularity=PerGroup(128)), GPTQ(act_order=True))
     d = recipe.to_dict()
-    assert d["passes"][0] == {"type": "gptq", "percdamp": 0.01, "blocksize": 128,
+    assert d["passes"][0] == {"type": "gptq", "percdamp": 0.01, "shrinkage": 0.5,
+                              "blocksize": 128,
                               "act_order": True, "skip": [], "attention_values": True,
                               "residual_weighted": True, "sequential": True}
     assert qpass.Recipe.from_dict(d) == recipe

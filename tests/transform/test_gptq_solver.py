@@ -32,11 +32,13 @@ def _ref_qparams(w: torch.Tensor, fmt: str, symmetric: bool):
     return scale, zp
 
 
-def reference_gptq(w, h, fmt, symmetric, group, percdamp=0.01, act_order=False):
-    """Textbook GPTQ: no blocks, every later column updated right after each column."""
+def reference_gptq(w, h, fmt, symmetric, group, percdamp=0.01, act_order=False, shrinkage=0.0):
+    """Textbook GPTQ: no blocks, every later column updated right after each column; the
+    Hessian shrunk toward its diagonal first."""
     n, k = w.shape
     qmin, qmax = RANGES[fmt]
     w, h = w.double().clone(), h.double().clone()
+    h = (1 - shrinkage) * h + shrinkage * torch.diag(torch.diagonal(h))
     dead = torch.diagonal(h) == 0
     h[dead, dead] = 1.0
     h += percdamp * torch.diagonal(h).mean() * torch.eye(k, dtype=torch.float64)
@@ -76,20 +78,23 @@ def _layer(n=48, k=256, tokens=600, seed=0):
     return w, 2 * x.double().T @ x.double() / tokens
 
 
-CASES = [("int4", True, 64, False), ("int4", False, 64, False), ("int3", False, 128, False),
-         ("int8", True, 256, False), ("uint4", False, 32, False), ("int4", True, 64, True),
-         ("int3", False, 256, True)]
+CASES = [("int4", True, 64, False, 0.0), ("int4", False, 64, False, 0.0),
+         ("int3", False, 128, False, 0.0), ("int8", True, 256, False, 0.0),
+         ("uint4", False, 32, False, 0.0), ("int4", True, 64, True, 0.0),
+         ("int3", False, 256, True, 0.0), ("int4", False, 128, False, 0.5),
+         ("int3", False, 64, True, 0.3)]
 
 
-@pytest.mark.parametrize("fmt,symmetric,group,act_order", CASES)
-def test_solver_matches_the_float64_reference(fmt, symmetric, group, act_order):
+@pytest.mark.parametrize("fmt,symmetric,group,act_order,shrinkage", CASES)
+def test_solver_matches_the_float64_reference(fmt, symmetric, group, act_order, shrinkage):
     w, h = _layer()
     k = w.shape[1]
     gran = PerChannel(0) if group == k else PerGroup(group)
     spec = QuantSpec(fmt, symmetric=symmetric, granularity=gran)
-    res = gptq_quantize(w, h, spec, blocksize=128, act_order=act_order)
+    res = gptq_quantize(w, h, spec, blocksize=128, act_order=act_order, shrinkage=shrinkage)
     got = res.weight.q.T.long()  # [N, K] codes, zero point included as in the reference
-    want, ties = reference_gptq(w, h, fmt, symmetric, group, act_order=act_order)
+    want, ties = reference_gptq(w, h, fmt, symmetric, group, act_order=act_order,
+                                shrinkage=shrinkage)
     same = (got == want).all(1)
     assert bool(same[~ties].all()), f"rows {torch.nonzero(~same & ~ties).flatten().tolist()}"
     assert int(ties.sum()) <= w.shape[0] // 10
@@ -108,6 +113,19 @@ def test_error_feedback_beats_round_to_nearest_on_the_layer_loss():
         return float(((d @ h) * d).sum())
 
     assert loss(gptq) < 0.7 * loss(rtn)
+
+
+@pytest.mark.parametrize("group", [64, 256])
+def test_full_shrinkage_is_round_to_nearest(group):
+    from qpass.convert.weights import quantize_weight
+
+    w, h = _layer(seed=5)
+    gran = PerChannel(0) if group == w.shape[1] else PerGroup(group)
+    spec = QuantSpec("int4", symmetric=False, granularity=gran)
+    got = gptq_quantize(w, h, spec, shrinkage=1.0).weight
+    want = quantize_weight(w, spec)
+    assert torch.equal(got.q, want.q)
+    torch.testing.assert_close(got.scale, want.scale, rtol=0, atol=0)
 
 
 def test_singular_hessian_without_damping_names_the_layer_and_the_fix():
