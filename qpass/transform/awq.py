@@ -131,9 +131,7 @@ class _Searcher:
         grams, kinds = self._grams(g, weights, h32)
         w_mean = torch.cat([search.relative_weight_magnitude(w, sp)
                             for w, sp in zip(weights, specs, strict=True)]).mean(0)
-        out = block_output(g.consumers, self.sites) if self.cfg.inspect else None
-        error = self._block_error(g, weights, specs, out) if out is not None else \
-            (lambda s: search.output_error(weights, specs, grams, s))
+        error, out = self._error(g, weights, specs, grams)
         s, ratio, errs = self._search((x_sum / tokens).float(), w_mean, weights, error, g)
         row = _row(g)
         row.update(gram=kinds, inspected=out.name if out is not None else None, ratio=ratio,
@@ -159,6 +157,18 @@ class _Searcher:
                                                      for rows, h in special]))
             kinds[site.fqn or site.node.name] = kind
         return grams, kinds
+
+    def _error(self, g: ScaleGroup, weights, specs, grams):
+        """The search's error function of s, and the node it is measured on (``None``: the
+        consumers' own outputs, through their Grams)."""
+        out = block_output(g.consumers, self.sites) if self.cfg.inspect else None
+        if out is not None:
+            try:
+                return self._block_error(g, weights, specs, out), out
+            except ValueError as exc:  # a value the look-ahead needs was already freed
+                log.warning("qpass awq: %s searched on its own output: %s", g.activation.name,
+                            exc)
+        return (lambda s: search.output_error(weights, specs, grams, s)), None
 
     def _block_error(self, g: ScaleGroup, weights, specs, out: fx.Node):
         """s -> the squared error of ``out`` over every calibration token, computed ahead by
