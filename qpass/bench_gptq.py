@@ -44,7 +44,7 @@ METHODS: dict[str, tuple[Any, ...]] = {
     "awq_weighted": (AWQ(attention_values=True, residual_weighted=True),),
     "gptq_act_order": (GPTQ(act_order=True),),
     "gptq_float_inputs": (GPTQ(sequential=False),),
-    "gptq_damp0.3": (GPTQ(percdamp=0.3),),
+    "gptq_damp0.3": (GPTQ(percdamp=0.3, shrinkage=0.0),),  # isotropic damping alone
     "gptq_no_shrinkage": (GPTQ(shrinkage=0.0),),
     "awq_own_output": (AWQ(inspect=False),)}
 DEFAULT_METHODS = ("rtn", "gptq", "awq", "awq+gptq")
