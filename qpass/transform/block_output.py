@@ -39,4 +39,3 @@ def block_output(consumers: list[Site], sites: list[Site]) -> fx.Node | None:
             else:
                 stack.append(user)
     return reached.pop() if len(reached) == 1 else None
-

@@ -116,8 +116,8 @@ def gptq_quantize(w: torch.Tensor, h: torch.Tensor, spec: QuantSpec, *, percdamp
     for rows, hr in parts:
         prow = rows if scale.shape[0] == n else slice(None)  # per tensor: one shared scale
         sr, zr = scale[prow], zp[prow]
-        codes[rows], d = _solve(w[rows], hr, spec, sr, zr, dynamic_groups, gsize,
-                                (percdamp, shrinkage), blocksize, act_order, where, tokens)
+        codes[rows], d = _solve(w[rows], hr, spec, sr, zr, dynamic_groups, gsize, percdamp,
+                                shrinkage, blocksize, act_order, where, tokens)
         scale[prow], zp[prow] = sr, zr
         dead = max(dead, d)
     return GPTQResult(_pack(codes, scale, zp, spec), dead)
@@ -140,16 +140,15 @@ def row_parts(n: int, h: torch.Tensor, row_hessians) -> list[tuple[torch.Tensor,
 
 
 def _solve(w: torch.Tensor, h: torch.Tensor, spec: QuantSpec, scale: torch.Tensor,
-           zp: torch.Tensor, dynamic_groups: bool, gsize: int, damping: tuple[float, float],
+           zp: torch.Tensor, dynamic_groups: bool, gsize: int, percdamp: float, shrinkage: float,
            blocksize: int, act_order: bool, where: str, tokens: int) -> tuple[torch.Tensor, int]:
     """Codes [n, K] of the rows ``w`` [n, K]; fills ``scale``/``zp`` [n, G] in place when the
-    groups are dynamic (static ones are read). ``damping``: (percdamp, shrinkage), see
+    groups are dynamic (static ones are read). ``percdamp``/``shrinkage``: see
     ``hessian.inverse_cholesky``."""
     n, k = w.shape
     fmt = spec.fmt
     perm = torch.argsort(torch.diagonal(h), descending=True, stable=True) if act_order \
         else torch.arange(k)
-    percdamp, shrinkage = damping
     u, dead = inverse_cholesky(h[perm][:, perm], percdamp, where, tokens, shrinkage)
     work = w.double()[:, perm].clone()  # [n, K] in visiting order
     codes = torch.empty(n, k, dtype=fmt.storage)
