@@ -36,6 +36,10 @@ class LayerwiseWalk:
             interp = fx.Interpreter(gm, garbage_collect_values=True)
             interp.args_iter = iter(batch)
             self.interps.append(interp)
+        self._nodes = list(gm.graph.nodes)
+        self._index = {n: i for i, n in enumerate(self._nodes)}
+        self._pos = 0  # the next node to compute
+        self._last_uses = self.interps[0].user_to_last_uses
 
     def values(self, node: fx.Node) -> list[Any]:
         """The value of ``node`` in every batch (it must be live: computed, not yet freed)."""
@@ -81,28 +85,45 @@ class LayerwiseWalk:
         """Walk the graph; call ``before(node)`` for each node of ``watched`` just before it is
         computed. Stops after the last watched node."""
         todo = set(watched)
-        nodes = list(self.gm.graph.nodes)
-        last_uses = self.interps[0].user_to_last_uses
         bar = tqdm(total=len(todo), desc=desc, disable=not progress, unit="layer")
         with torch.no_grad(), bar:
-            for node in nodes:
-                if not todo:
-                    break
+            while todo and self._pos < len(self._nodes):
+                node = self._nodes[self._pos]
                 if node.op == "output":
                     break
                 if node in todo:
                     before(node)
                     todo.discard(node)
                     bar.update(1)
-                for interp in self.interps:
-                    interp.env[node] = interp.run_node(node)
-                    for dead in last_uses.get(node, []):
-                        del interp.env[dead]
+                self._step(node)
         if todo:
             names = ", ".join(sorted(n.name for n in todo))
             raise ValueError(f"the layer-wise walk never reached {names}: they are not nodes of "
                              "the graph it walked")
-        self.interps = []  # free the remaining live values
+        self.close()
+
+    def advance(self, until: fx.Node, *, through: bool = False) -> None:
+        """Compute the nodes not computed yet before ``until``, and ``until`` itself when
+        ``through``: a second walk kept level with the one that ``run`` drives (GPTQ's walk of
+        the float model beside the quantized one)."""
+        if until not in self._index:
+            raise ValueError(f"the layer-wise walk cannot reach {until.name}: it is not a node "
+                             "of the graph it walks")
+        stop = self._index[until] + (1 if through else 0)
+        with torch.no_grad():
+            while self._pos < stop:
+                self._step(self._nodes[self._pos])
+
+    def close(self) -> None:
+        """Free the remaining live values."""
+        self.interps = []
+
+    def _step(self, node: fx.Node) -> None:
+        for interp in self.interps:
+            interp.env[node] = interp.run_node(node)
+            for dead in self._last_uses.get(node, []):
+                del interp.env[dead]
+        self._pos += 1
 
 
 def _ancestors(nodes: list[fx.Node], env: dict[fx.Node, Any]) -> list[fx.Node]:
