@@ -46,7 +46,9 @@ METHODS: dict[str, tuple[Any, ...]] = {
     "gptq_float_inputs": (GPTQ(sequential=False),),
     "gptq_damp0.3": (GPTQ(percdamp=0.3, shrinkage=0.0),),  # isotropic damping alone
     "gptq_no_shrinkage": (GPTQ(shrinkage=0.0),),
-    "awq_own_output": (AWQ(inspect=False),)}
+    "awq_own_output": (AWQ(inspect=False),),
+    "gptq_textbook_target": (GPTQ(asymmetric=0.0),),  # each layer aimed at its own weights
+    **{f"gptq_asym{a}": (GPTQ(asymmetric=a),) for a in (0.125, 0.5, 1.0)}}
 DEFAULT_METHODS = ("rtn", "gptq", "awq", "awq+gptq")
 GRANULARITIES = {"g128": PerGroup(128), "channel": PerChannel(0)}
 

@@ -32,7 +32,7 @@ def _data(n=4, rows=64, k=128, seed=1):
 def test_each_layer_is_solved_on_inputs_of_the_quantized_layers_before_it():
     model, batches = _mlp(), _data()
     spec = QuantSpec("int4", symmetric=False, granularity=PerGroup(32))
-    cfg = GPTQ()
+    cfg = GPTQ(asymmetric=0.0)  # each layer aimed at its own weights (test_gptq_asymmetric)
     prepared = qpass.prepare(model, _recipe(spec, cfg), batches[0], calib_data=batches,
                              progress=False)
     got = prepared.meta["qpass"].quantized_weights
@@ -167,5 +167,6 @@ def test_recipe_round_trip():
     assert d["passes"][0] == {"type": "gptq", "percdamp": 0.01, "shrinkage": 0.5,
                               "blocksize": 128,
                               "act_order": True, "skip": [], "attention_values": True,
-                              "residual_weighted": True, "sequential": True}
+                              "residual_weighted": True, "sequential": True,
+                              "asymmetric": 0.25}
     assert qpass.Recipe.from_dict(d) == recipe
