@@ -54,9 +54,10 @@ class GPTQ(Pass):
     layer at the float model's output instead of its own float weights on the quantized inputs
     (GPTAQ's asymmetric calibration; a second walk computes the float model's inputs beside
     the quantized ones, see ``hessian.float_target``), blended by this factor in [0, 1]; 0 is
-    textbook GPTQ. On SmolLM2 (4-bit g128, 8 x 512 calibration tokens) PPL 26.71 at 0, 26.40 /
-    26.41 / 26.87 / 29.09 at 0.125 / 0.25 / 0.5 / 1: the full least-squares target overfits
-    the few calibration tokens, a quarter of it helps; the second walk costs ~1.4x the time.
+    textbook GPTQ; without ``sequential`` there is nothing to correct. On SmolLM2 (4-bit g128,
+    8 x 512 calibration tokens) PPL 26.71 at 0, 26.40 / 26.41 / 26.87 / 29.09 at 0.125 / 0.25
+    / 0.5 / 1: the full least-squares target overfits the few calibration tokens, a quarter
+    of it helps; the second walk costs ~1.4x the time.
 
     The format, symmetry and granularity (per channel, per tensor or per group of 32/64/128...)
     come from each site's weight spec, as the recipe's policies assigned it."""
@@ -84,9 +85,6 @@ class GPTQ(Pass):
             raise ValueError(f"GPTQ.asymmetric={self.asymmetric!r} is not valid; allowed: a "
                              "number in [0, 1] (0 is textbook GPTQ, 1 aims fully at the float "
                              "model's outputs)")
-        if self.asymmetric and not self.sequential:
-            raise ValueError("GPTQ.asymmetric needs sequential=True: with sequential=False every "
-                             "layer's inputs already come from the float model")
         if self.blocksize < 1:
             raise ValueError(f"GPTQ.blocksize={self.blocksize!r} is not valid; allowed: a "
                              "positive number of columns, e.g. 128")
@@ -175,7 +173,8 @@ class _Solver:
         self.deferred: list[tuple[torch.Tensor, torch.Tensor]] = []  # sequential=False
         # the float model's walk, kept level with ``walk``: it computes each site before the
         # solver overwrites the site's weight, so it always runs the float weights
-        self.shadow = LayerwiseWalk(gm, ctx.batches) if cfg.asymmetric else None
+        self.shadow = (LayerwiseWalk(gm, ctx.batches) if cfg.asymmetric and cfg.sequential
+                       else None)  # sequential=False: the inputs are the float model's already
 
     def hessian(self, x: fx.Node) -> Hessian:
         if x not in self.hessians:
