@@ -46,7 +46,14 @@ METHODS: dict[str, tuple[Any, ...]] = {
     "gptq_float_inputs": (GPTQ(sequential=False),),
     "gptq_damp0.3": (GPTQ(percdamp=0.3, shrinkage=0.0),),  # isotropic damping alone
     "gptq_no_shrinkage": (GPTQ(shrinkage=0.0),),
-    "awq_own_output": (AWQ(inspect=False),),
+    # awq_own_output, awq_joint_clip: AWQ's clip search before it searched each bound
+    "awq_own_output": (AWQ(inspect=False, clip_separate=False, clip_grid=20),),
+    "awq_joint_clip": (AWQ(clip_separate=False, clip_grid=20),),
+    "awq_clip_separate20": (AWQ(clip_grid=20),),
+    "awq_clip80": (AWQ(clip_grid=80),),
+    "awq_grid40": (AWQ(grid=40),),
+    "awq_no_duo": (AWQ(duo_scaling=False),),
+    "awq_twice": (AWQ(clip_grid=20), AWQ(clip_grid=20)),
     "gptq_textbook_target": (GPTQ(asymmetric=0.0),),  # each layer aimed at its own weights
     **{f"gptq_asym{a}": (GPTQ(asymmetric=a),) for a in (0.125, 0.5, 1.0)}}
 DEFAULT_METHODS = ("rtn", "gptq", "awq", "awq+gptq")

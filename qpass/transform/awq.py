@@ -43,7 +43,11 @@ class AWQ(Pass):
     """``grid``: ratios tried for the scale exponent (0, 1/grid, ..., (grid-1)/grid).
     ``duo_scaling``: divide by the relative weight magnitude too (AutoAWQ's default).
     ``clip``: search a shrink ratio per weight group, down to ``1 - max_shrink``, in
-    ``clip_grid`` steps. ``skip``: module-FQN globs AWQ leaves alone.
+    ``clip_grid`` steps; ``clip_separate`` (asymmetric weights): then search the lower and
+    the upper bound each on its own, the other held, which moves the zero point too. On
+    SmolLM2 (4-bit g128) PPL 27.15 with one ratio in 20 steps, 26.84 separate in 20 steps,
+    26.79 separate in 40 (the default; 80 steps: 26.81). ``skip``: module-FQN globs AWQ
+    leaves alone.
     ``attention_values`` / ``residual_weighted``: measure the output error of value
     projections through their attention, and of residual writers relative to the residual
     stream, as GPTQ does (``site_hessians``). Off by default: on SmolLM2 (4-bit g128, scales
@@ -58,7 +62,8 @@ class AWQ(Pass):
     duo_scaling: bool = True
     clip: bool = True
     max_shrink: float = 0.5
-    clip_grid: int = 20
+    clip_grid: int = 40
+    clip_separate: bool = True
     skip: tuple[str, ...] = ()
     attention_values: bool = False
     residual_weighted: bool = False
@@ -216,10 +221,10 @@ class _Searcher:
                 continue
             param = fetch_attr(self.gm, str(site.weight_node.target))
             w = canonical_weight(param, site.op).detach().float()  # [N, C], scaled
-            ratios = torch.empty(w.shape[0], len(search.group_ranges(w.shape[1], spec)))
+            ratios = torch.empty(w.shape[0], len(search.group_ranges(w.shape[1], spec)), 2)
             for rows, h in parts:
                 ratios[rows] = search.clip_ratios(w[rows], spec, h, self.cfg.max_shrink,
-                                                  self.cfg.clip_grid)
+                                                  self.cfg.clip_grid, self.cfg.clip_separate)
             clipped = search.apply_clip(w, spec, ratios).to(param.dtype)
             param.copy_(clipped if site.op.weight_layout == "out_in" else clipped.T)
             out[site.fqn or site.node.name] = float(ratios.mean())

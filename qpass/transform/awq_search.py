@@ -14,7 +14,8 @@ through the Gram matrix H = XᵀX: ||X Dᵀ||² = tr(D H Dᵀ). No scaling (s = 
 too, so the search never does worse than round-to-nearest on the calibration data.
 
 Clipping then shrinks each quantization group's range [lo, hi] to [r lo, r hi], r chosen per
-(row, group) to minimize that group's output error d H_gg dᵀ on the scaled input.
+(row, group) to minimize that group's output error d H_gg dᵀ on the scaled input; optionally
+each bound is then searched on its own.
 """
 
 from __future__ import annotations
@@ -76,28 +77,43 @@ def output_error(weights: list[torch.Tensor], specs: list[QuantSpec],
 
 
 def clip_ratios(w: torch.Tensor, spec: QuantSpec, h: torch.Tensor, max_shrink: float,
-                steps: int) -> torch.Tensor:
-    """Best shrink ratio r [N, G] per (row, group) of ``w`` [N, C] for input Gram ``h``."""
+                steps: int, separate: bool = False) -> torch.Tensor:
+    """Best shrink ratios [N, G, 2] (of the lower and the upper bound) per (row, group) of
+    ``w`` [N, C] for input Gram ``h``. Both bounds shrink together; with ``separate`` (an
+    asymmetric spec) each is then searched again with the other held, which moves the zero
+    point as well as the range."""
     ranges = group_ranges(w.shape[1], spec)
     lo, hi = _group_bounds(w, ranges, spec)
     best_err = torch.full((w.shape[0], len(ranges)), float("inf"))
-    best = torch.ones(w.shape[0], len(ranges))
-    for i in range(int(max_shrink * steps) + 1):
-        r = 1.0 - i / steps
-        d = fake_quant(clip(w, ranges, lo * r, hi * r), spec) - w
+    best = torch.ones(w.shape[0], len(ranges), 2)
+    grid = [1.0 - i / steps for i in range(int(max_shrink * steps) + 1)]
+
+    def consider(cand: torch.Tensor) -> None:
+        nonlocal best_err, best
+        d = fake_quant(clip(w, ranges, lo * cand[..., 0], hi * cand[..., 1]), spec) - w
         err = torch.stack([((d[:, a:b] @ h[a:b, a:b]) * d[:, a:b]).sum(1) for a, b in ranges],
                           1)  # [N, G]
         better = err < best_err
         best_err = torch.where(better, err, best_err)
-        best = torch.where(better, torch.full_like(best, r), best)
+        best = torch.where(better[..., None], cand, best)
+
+    for r in grid:
+        consider(torch.full_like(best, r))
+    if separate and not spec.symmetric:
+        for side in (1, 0):  # the upper bound, then the lower one, the other held
+            held = best.clone()
+            for r in grid:
+                cand = held.clone()
+                cand[..., side] = r
+                consider(cand)
     return best
 
 
 def apply_clip(w: torch.Tensor, spec: QuantSpec, ratios: torch.Tensor) -> torch.Tensor:
-    """``w`` [N, C] clamped to its groups' ranges shrunk by ``ratios`` [N, G]."""
+    """``w`` [N, C] clamped to its groups' bounds shrunk by ``ratios`` [N, G, 2]."""
     ranges = group_ranges(w.shape[1], spec)
     lo, hi = _group_bounds(w, ranges, spec)
-    return clip(w, ranges, lo * ratios, hi * ratios)
+    return clip(w, ranges, lo * ratios[..., 0], hi * ratios[..., 1])
 
 
 def _group_bounds(w: torch.Tensor, ranges: list[tuple[int, int]], spec: QuantSpec):

@@ -72,7 +72,7 @@ def test_clip_search_lowers_each_groups_output_error():
     h = x.T @ x
     spec = QuantSpec("int3", symmetric=True, granularity=PerGroup(32))
     ratios = search.clip_ratios(w, spec, h, max_shrink=0.5, steps=20)
-    assert ratios.shape == (16, 3) and float(ratios.min()) >= 0.5
+    assert ratios.shape == (16, 3, 2) and float(ratios.min()) >= 0.5
     clipped = search.apply_clip(w, spec, ratios)
 
     def err(wc):
@@ -81,6 +81,30 @@ def test_clip_search_lowers_each_groups_output_error():
 
     assert err(clipped) < err(w)
     assert float(ratios[:, 0].mean()) < 1.0  # the outlier group is clipped
+
+
+def test_separate_bounds_search_never_loses_and_lowers_the_error():
+    g = torch.Generator().manual_seed(1)
+    w = torch.randn(16, 64, generator=g)
+    w[:, 3] -= 4  # a negative outlier in group 0
+    x = torch.randn(300, 64, generator=g)
+    h = x.T @ x
+    spec = QuantSpec("int3", symmetric=False, granularity=PerGroup(32))
+
+    def errs(ratios):  # [N, G] output error of each (row, group)
+        d = search.fake_quant(search.apply_clip(w, spec, ratios), spec) - w
+        return torch.stack([((d[:, a:b] @ h[a:b, a:b]) * d[:, a:b]).sum(1)
+                            for a, b in ((0, 32), (32, 64))], 1)
+
+    joint = search.clip_ratios(w, spec, h, max_shrink=0.5, steps=20)
+    both = search.clip_ratios(w, spec, h, max_shrink=0.5, steps=20, separate=True)
+    assert torch.equal(joint[..., 0], joint[..., 1])
+    assert bool((errs(both) <= errs(joint)).all())
+    assert float(errs(both).sum()) < 0.99 * float(errs(joint).sum())
+    assert bool((both[..., 0] != both[..., 1]).any())  # the bounds moved apart
+    sym = QuantSpec("int3", symmetric=True, granularity=PerGroup(32))
+    assert torch.equal(search.clip_ratios(w, sym, h, 0.5, 20, separate=True),
+                       search.clip_ratios(w, sym, h, 0.5, 20))
 
 
 @pytest.mark.parametrize("bad", [{"grid": 0}, {"clip_grid": 0}, {"max_shrink": 1.0},
