@@ -160,3 +160,23 @@ def test_scale_error_is_measured_on_the_attention_block_output(llama):
         hook.remove()
     want = sum(float((g - r).double().pow(2).sum()) for g, r in zip(got, ref, strict=True))
     assert group["error_unscaled"] == pytest.approx(want, rel=1e-4)
+
+
+def test_awq_result_exports_as_int4_and_onnx_runtime_matches_the_torch_reference(llama,
+                                                                                  tmp_path):
+    import numpy as np
+    import onnx
+
+    from qpass.eval.ort import ort_session
+
+    model, gm, batches, held = llama
+    w4 = QuantSpec("int4", symmetric=False, granularity=PerGroup(32))
+    q = qpass.quantize(gm, _recipe(AWQ(), spec=w4), batches, batches[0], progress=False)
+    path = qpass.export_onnx(q, batches[0], tmp_path / "awq.onnx")
+    int4 = [t for t in onnx.load(path).graph.initializer
+            if t.data_type == onnx.TensorProto.INT4 and np.prod(t.dims) >= 2048]
+    assert len(int4) == 14  # q, k, v, o, gate, up, down of both layers (not zero points)
+    session = ort_session(path)  # MatMulNBits in float32, as the reference computes
+    for (ids,) in held:
+        got = session.run(None, {session.get_inputs()[0].name: ids.numpy()})[0]
+        np.testing.assert_allclose(got, q(ids).detach().numpy(), rtol=1e-4, atol=1e-4)
