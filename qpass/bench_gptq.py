@@ -53,6 +53,7 @@ METHODS: dict[str, tuple[Any, ...]] = {
     "awq_clip80": (AWQ(clip_grid=80),),
     "awq_grid40": (AWQ(grid=40),),
     "awq_no_duo": (AWQ(duo_scaling=False),),
+    "awq_clip_select3": (AWQ(clip_select=3),),
     "awq_twice": (AWQ(clip_grid=20), AWQ(clip_grid=20)),
     "gptq_textbook_target": (GPTQ(asymmetric=0.0),),  # each layer aimed at its own weights
     **{f"gptq_asym{a}": (GPTQ(asymmetric=a),) for a in (0.125, 0.5, 1.0)}}

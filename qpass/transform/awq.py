@@ -46,8 +46,10 @@ class AWQ(Pass):
     ``clip_grid`` steps; ``clip_separate`` (asymmetric weights): then search the lower and
     the upper bound each on its own, the other held, which moves the zero point too. On
     SmolLM2 (4-bit g128) PPL 27.15 with one ratio in 20 steps, 26.84 separate in 20 steps,
-    26.79 separate in 40 (the default; 80 steps: 26.81). ``skip``: module-FQN globs AWQ
-    leaves alone.
+    26.79 separate in 40 (the default; 80 steps: 26.81). ``clip_select``: re-measure the
+    scale search's best ``clip_select`` ratios with their weights clipped (a cheaper one-ratio
+    clip in ``clip_grid / 2`` steps) and keep the best; 1 keeps the scale search's choice.
+    ``skip``: module-FQN globs AWQ leaves alone.
     ``attention_values`` / ``residual_weighted``: measure the output error of value
     projections through their attention, and of residual writers relative to the residual
     stream, as GPTQ does (``site_hessians``). Off by default: on SmolLM2 (4-bit g128, scales
@@ -64,6 +66,7 @@ class AWQ(Pass):
     max_shrink: float = 0.5
     clip_grid: int = 40
     clip_separate: bool = True
+    clip_select: int = 1
     skip: tuple[str, ...] = ()
     attention_values: bool = False
     residual_weighted: bool = False
@@ -72,7 +75,7 @@ class AWQ(Pass):
     stage: ClassVar[str] = "weights"
 
     def __post_init__(self) -> None:
-        for name in ("grid", "clip_grid"):
+        for name in ("grid", "clip_grid", "clip_select"):
             if getattr(self, name) < 1:
                 raise ValueError(f"AWQ.{name}={getattr(self, name)!r} is not valid; allowed: a "
                                  "positive number of steps, e.g. 20")
@@ -139,7 +142,13 @@ class _Searcher:
                             for w, sp in zip(weights, specs, strict=True)]).mean(0)
         error, out = self._error(g, weights, specs, grams)
         s, ratio, errs = self._search((x_sum / tokens).float(), w_mean, weights, error, g)
+        reselect = None
+        if self.cfg.clip and self.cfg.clip_select > 1:
+            s, ratio, reselect = self._reselect(g, weights, specs, grams, error, errs,
+                                                (x_sum / tokens).float(), w_mean)
         row = _row(g)
+        if reselect is not None:
+            row["reselect"] = reselect
         row.update(gram=kinds, inspected=out.name if out is not None else None, ratio=ratio,
                    error=errs[ratio], error_unscaled=errs[None], s_min=float(s.min()),
                    s_max=float(s.max()))
@@ -174,19 +183,22 @@ class _Searcher:
             except ValueError as exc:  # a value the look-ahead needs was already freed
                 log.warning("qpass awq: %s searched on its own output: %s", g.activation.name,
                             exc)
-        return (lambda s: search.output_error(weights, specs, grams, s)), None
+        return (lambda s, scaled=None: search.output_error(weights, specs, grams, s, scaled)), None
 
     def _block_error(self, g: ScaleGroup, weights, specs, out: fx.Node):
         """s -> the squared error of ``out`` over every calibration token, computed ahead by
-        the model with each consumer's weight W replaced by Q(W s)/s (``block_output``)."""
+        the model with each consumer's weight W replaced by Q(W s)/s (``block_output``; W s
+        given as ``scaled`` when it was clipped)."""
         params = [fetch_attr(self.gm, str(c.weight_node.target)) for c in g.consumers]
         saved = [p.detach().clone() for p in params]
         ref = self.walk.peek(out)
 
-        def error(s: torch.Tensor) -> float:
+        def error(s: torch.Tensor, scaled: list[torch.Tensor] | None = None) -> float:
             try:
-                for p, c, w, spec in zip(params, g.consumers, weights, specs, strict=True):
-                    wq = (search.fake_quant(w * s, spec) / s).to(p.dtype)
+                for i, (p, c, w, spec) in enumerate(zip(params, g.consumers, weights, specs,
+                                                        strict=True)):
+                    ws = w * s if scaled is None else scaled[i]
+                    wq = (search.fake_quant(ws, spec) / s).to(p.dtype)
                     p.copy_(wq if c.op.weight_layout == "out_in" else wq.T)
                 return sum(float((y - r).double().pow(2).sum())
                            for y, r in zip(self.walk.peek(out), ref, strict=True))
@@ -195,23 +207,54 @@ class _Searcher:
                     p.copy_(v)
         return error
 
-    def _search(self, x_mean, w_mean, weights, error, g: ScaleGroup):
+    def _scales(self, x_mean, w_mean, r: float, g: ScaleGroup) -> torch.Tensor:
+        """The candidate s [C] of ratio ``r``; channels fed by one producer channel (a
+        LinearFold's channel map) share the scale of their pooled statistics."""
         cmap = g.fold.channel_map if isinstance(g.fold, LinearFold) else None
-        if cmap is not None:  # channels fed by one producer channel share its scale
-            n = int(cmap.max()) + 1
-            x_mean = torch.zeros(n).scatter_reduce(0, cmap, x_mean, "mean", include_self=False)
-            w_mean = torch.zeros(n).scatter_reduce(0, cmap, w_mean, "mean", include_self=False)
+        if cmap is None:
+            return search.candidate_scales(x_mean, w_mean, r, self.cfg.duo_scaling)
+        n = int(cmap.max()) + 1
+        x_mean = torch.zeros(n).scatter_reduce(0, cmap, x_mean, "mean", include_self=False)
+        w_mean = torch.zeros(n).scatter_reduce(0, cmap, w_mean, "mean", include_self=False)
+        return search.candidate_scales(x_mean, w_mean, r, self.cfg.duo_scaling)[cmap]
+
+    def _search(self, x_mean, w_mean, weights, error, g: ScaleGroup):
         ones = torch.ones(weights[0].shape[1])
         errs: dict[float | None, float] = {None: error(ones)}
         best, best_s = None, ones
         for i in range(self.cfg.grid):
             r = i / self.cfg.grid
-            s = search.candidate_scales(x_mean, w_mean, r, self.cfg.duo_scaling)
-            s = s if cmap is None else s[cmap]
+            s = self._scales(x_mean, w_mean, r, g)
             errs[r] = error(s)
             if errs[r] < errs[best]:
                 best, best_s = r, s
         return best_s, best, errs
+
+    def _reselect(self, g: ScaleGroup, weights, specs, grams, error, errs, x_mean, w_mean):
+        """The best of the ``clip_select`` lowest-error ratios once each is clipped (one
+        shrink ratio for both bounds, ``clip_grid / 2`` steps, as a cheap proxy)."""
+        top = sorted(errs, key=errs.__getitem__)[:self.cfg.clip_select]
+        best, measured = None, {}
+        for r in top:
+            s = torch.ones(weights[0].shape[1]) if r is None else self._scales(x_mean, w_mean,
+                                                                                r, g)
+            ss = torch.outer(s, s)
+            scaled = []
+            for w, spec, parts in zip(weights, specs, grams, strict=True):
+                ws = w * s
+                if search.can_clip(spec):
+                    ratios = torch.empty(w.shape[0], len(search.group_ranges(w.shape[1], spec)),
+                                         2)
+                    for rows, h in parts:
+                        ratios[rows] = search.clip_ratios(ws[rows], spec, h / ss,
+                                                          self.cfg.max_shrink,
+                                                          max(self.cfg.clip_grid // 2, 1))
+                    ws = search.apply_clip(ws, spec, ratios)
+                scaled.append(ws)
+            measured[r] = e = error(s, scaled)
+            if best is None or e < best[0]:
+                best = (e, s, r)
+        return best[1], best[2], measured
 
     def _clip(self, g: ScaleGroup, specs, grams) -> dict[str, float]:
         """Clip each consumer's groups in place; returns the mean ratio per consumer."""

@@ -64,13 +64,14 @@ def fake_quant(w: torch.Tensor, spec: QuantSpec) -> torch.Tensor:
 
 
 def output_error(weights: list[torch.Tensor], specs: list[QuantSpec],
-                 grams: list[RowGrams], s: torch.Tensor) -> float:
+                 grams: list[RowGrams], s: torch.Tensor,
+                 scaled: list[torch.Tensor] | None = None) -> float:
     """Σ_i tr(D_i H D_iᵀ) with D_i = Q(W_i s)/s - W_i: the group's quantized output error
     summed over the calibration tokens (H = XᵀX [C, C], or per set of rows of each consumer
-    the Gram its output is read with, see ``site_hessians``)."""
+    the Gram its output is read with, see ``site_hessians``); ``scaled``: W_i s, clipped."""
     total = 0.0
-    for w, spec, parts in zip(weights, specs, grams, strict=True):
-        d = fake_quant(w * s, spec) / s - w  # [N, C]
+    for i, (w, spec, parts) in enumerate(zip(weights, specs, grams, strict=True)):
+        d = fake_quant(w * s if scaled is None else scaled[i], spec) / s - w  # [N, C]
         for rows, h in parts:
             total += float(((d[rows] @ h) * d[rows]).sum())
     return total

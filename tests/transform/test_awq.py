@@ -64,6 +64,21 @@ def test_awq_and_awq_then_gptq_beat_rtn_against_the_float_model(llama):
     assert e["awq+gptq"] < 0.9 * e["rtn"], e
 
 
+def test_clip_select_keeps_the_candidate_with_the_least_clipped_error(llama):
+    model, gm, batches, held = llama
+    prepared = qpass.prepare(gm, _recipe(AWQ(clip_select=3)), batches[0], calib_data=batches,
+                             progress=False)
+    groups = [g for g in prepared.meta["qpass"].reports["passes"]["awq"]["groups"]
+              if "reselect" in g]
+    assert len(groups) >= 6
+    for g in groups:
+        assert len(g["reselect"]) == 3 and g["ratio"] in g["reselect"]
+        assert g["reselect"][g["ratio"]] == min(g["reselect"].values())
+    q = qpass.convert(prepared)
+    assert _rel_error(q, model, held) < 0.9 * _rel_error(
+        qpass.quantize(gm, _recipe(), batches, batches[0], progress=False), model, held)
+
+
 def test_clip_search_lowers_each_groups_output_error():
     g = torch.Generator().manual_seed(0)
     w = torch.randn(16, 96, generator=g)
