@@ -41,20 +41,21 @@ METHODS: dict[str, tuple[Any, ...]] = {
     "rtn": (), "gptq": (GPTQ(),), "awq": (AWQ(),), "awq+gptq": (AWQ(), GPTQ()),
     # the textbook Hessian XᵀX for every layer (see qpass.transform.site_hessians)
     "gptq_plain": (GPTQ(**PLAIN),),
-    "awq_weighted": (AWQ(attention_values=True, residual_weighted=True),),
+    "awq_weighted": (AWQ(attention_values=True, residual_weighted=True, clip_select=1),),
     "gptq_act_order": (GPTQ(act_order=True),),
     "gptq_float_inputs": (GPTQ(sequential=False),),
     "gptq_damp0.3": (GPTQ(percdamp=0.3, shrinkage=0.0),),  # isotropic damping alone
     "gptq_no_shrinkage": (GPTQ(shrinkage=0.0),),
     # awq_own_output, awq_joint_clip: AWQ's clip search before it searched each bound
-    "awq_own_output": (AWQ(inspect=False, clip_separate=False, clip_grid=20),),
-    "awq_joint_clip": (AWQ(clip_separate=False, clip_grid=20),),
-    "awq_clip_separate20": (AWQ(clip_grid=20),),
-    "awq_clip80": (AWQ(clip_grid=80),),
-    "awq_grid40": (AWQ(grid=40),),
-    "awq_no_duo": (AWQ(duo_scaling=False),),
-    "awq_clip_select3": (AWQ(clip_select=3),),
-    "awq_twice": (AWQ(clip_grid=20), AWQ(clip_grid=20)),
+    "awq_own_output": (AWQ(inspect=False, clip_separate=False, clip_grid=20,
+                             clip_select=1),),
+    "awq_joint_clip": (AWQ(clip_separate=False, clip_grid=20, clip_select=1),),
+    "awq_clip_separate20": (AWQ(clip_grid=20, clip_select=1),),
+    "awq_clip80": (AWQ(clip_grid=80, clip_select=1),),
+    "awq_grid40": (AWQ(grid=40, clip_select=1),),
+    "awq_no_duo": (AWQ(duo_scaling=False, clip_select=1),),
+    "awq_clip_select1": (AWQ(clip_select=1),),
+    "awq_twice": (AWQ(clip_grid=20, clip_select=1), AWQ(clip_grid=20, clip_select=1)),
     "gptq_textbook_target": (GPTQ(asymmetric=0.0),),  # each layer aimed at its own weights
     **{f"gptq_asym{a}": (GPTQ(asymmetric=a),) for a in (0.125, 0.5, 1.0)}}
 DEFAULT_METHODS = ("rtn", "gptq", "awq", "awq+gptq")
