@@ -142,11 +142,12 @@ class _Searcher:
         w_mean = torch.cat([search.relative_weight_magnitude(w, sp)
                             for w, sp in zip(weights, specs, strict=True)]).mean(0)
         error, out = self._error(g, weights, specs, grams)
-        s, ratio, errs = self._search((x_sum / tokens).float(), w_mean, weights, error, g)
+        x_mean = (x_sum / tokens).float()
+        s, ratio, errs = self._search(x_mean, w_mean, weights, error, g)
         reselect = None
         if self.cfg.clip and self.cfg.clip_select > 1:
-            s, ratio, reselect = self._reselect(g, weights, specs, grams, error, errs,
-                                                (x_sum / tokens).float(), w_mean)
+            s, ratio, reselect = self._reselect(g, weights, specs, grams, error, errs, x_mean,
+                                                w_mean)
         row = _row(g)
         if reselect is not None:
             row["reselect"] = reselect
@@ -244,13 +245,8 @@ class _Searcher:
             for w, spec, parts in zip(weights, specs, grams, strict=True):
                 ws = w * s
                 if search.can_clip(spec):
-                    ratios = torch.empty(w.shape[0], len(search.group_ranges(w.shape[1], spec)),
-                                         2)
-                    for rows, h in parts:
-                        ratios[rows] = search.clip_ratios(ws[rows], spec, h / ss,
-                                                          self.cfg.max_shrink,
-                                                          max(self.cfg.clip_grid // 2, 1))
-                    ws = search.apply_clip(ws, spec, ratios)
+                    ws, _ = search.clip_rows(ws, spec, [(rows, h / ss) for rows, h in parts],
+                                             self.cfg.max_shrink, max(self.cfg.clip_grid // 2, 1))
                 scaled.append(ws)
             measured[r] = e = error(s, scaled)
             if best is None or e < best[0]:
@@ -265,11 +261,9 @@ class _Searcher:
                 continue
             param = fetch_attr(self.gm, str(site.weight_node.target))
             w = canonical_weight(param, site.op).detach().float()  # [N, C], scaled
-            ratios = torch.empty(w.shape[0], len(search.group_ranges(w.shape[1], spec)), 2)
-            for rows, h in parts:
-                ratios[rows] = search.clip_ratios(w[rows], spec, h, self.cfg.max_shrink,
-                                                  self.cfg.clip_grid, self.cfg.clip_separate)
-            clipped = search.apply_clip(w, spec, ratios).to(param.dtype)
+            clipped, ratios = search.clip_rows(w, spec, parts, self.cfg.max_shrink,
+                                               self.cfg.clip_grid, self.cfg.clip_separate)
+            clipped = clipped.to(param.dtype)
             param.copy_(clipped if site.op.weight_layout == "out_in" else clipped.T)
             out[site.fqn or site.node.name] = float(ratios.mean())
         return out

@@ -110,6 +110,16 @@ def clip_ratios(w: torch.Tensor, spec: QuantSpec, h: torch.Tensor, max_shrink: f
     return best
 
 
+def clip_rows(w: torch.Tensor, spec: QuantSpec, parts: RowGrams, max_shrink: float,
+              steps: int, separate: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """``w`` [N, C] clipped group by group, each set of rows searched on its own Gram
+    (``clip_ratios``), and the ratios [N, G, 2] it was clipped with."""
+    ratios = torch.empty(w.shape[0], len(group_ranges(w.shape[1], spec)), 2)
+    for rows, h in parts:
+        ratios[rows] = clip_ratios(w[rows], spec, h, max_shrink, steps, separate)
+    return apply_clip(w, spec, ratios), ratios
+
+
 def apply_clip(w: torch.Tensor, spec: QuantSpec, ratios: torch.Tensor) -> torch.Tensor:
     """``w`` [N, C] clamped to its groups' bounds shrunk by ``ratios`` [N, G, 2]."""
     ranges = group_ranges(w.shape[1], spec)
