@@ -20,12 +20,16 @@ disjoint part of the Wikipedia text). Rows (``--rows`` picks some):
 - ``w8a8_static_llm_int8``: the same without SmoothQuant, which would move the outliers out of
   the columns the split looks for.
 
+``--sink-tokens N`` gives the first N tokens of every window their own static activation
+scale in the static rows without a split (``QuantSpec.sink_tokens``).
+
 The float weight fraction counts float sites and the outlier columns' weights.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import math
@@ -80,6 +84,9 @@ def _args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--alpha", type=float, default=None,
                    help="one global SmoothQuant alpha for the smoothquant rows (default: searched "
                         "per group)")
+    p.add_argument("--sink-tokens", type=int, default=0,
+                   help="give the first N tokens of every window their own static activation "
+                        "scale (w8a8_static, _sensitivity and _smoothquant rows)")
     p.add_argument("--onnx", action="store_true",
                    help="export the llm_int8 and smoothquant rows, run them in ONNX Runtime")
     p.add_argument("--validate", type=int, default=0, metavar="N")
@@ -88,6 +95,16 @@ def _args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def _recipe(name: str, a: argparse.Namespace) -> qpass.Recipe:
+    recipe = _base_recipe(name, a)
+    act = recipe.precision.activation
+    if not a.sink_tokens or name.endswith("llm_int8") or act is None or act.dynamic:
+        return recipe
+    precision = dataclasses.replace(
+        recipe.precision, activation=dataclasses.replace(act, sink_tokens=a.sink_tokens))
+    return recipe.replace(precision=precision)
+
+
+def _base_recipe(name: str, a: argparse.Namespace) -> qpass.Recipe:
     if name.startswith("llm_int8"):
         mode = name.rsplit("_", 1)[1]
         return qpass.resolve_recipe("w8a8_dynamic").replace(

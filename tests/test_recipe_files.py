@@ -35,7 +35,7 @@ def test_misspelt_key_names_its_path_the_allowed_keys_and_the_closest(tmp_path):
     path.write_text("name: x\nprecision:\n  weight: {format: int8, granularty: per_channel}\n")
     with pytest.raises(RecipeFileError, match=r"bad\.yaml.*unknown key recipe\.precision\.weight"
                        r"\.granularty; allowed keys: dynamic, format, granularity, observer, "
-                       r"symmetric; did you mean 'granularity'"):
+                       r"sink_tokens, symmetric; did you mean 'granularity'"):
         load_recipe(path)
 
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 import copy
 import logging
 import operator
+from collections.abc import Callable
 
 import torch
 import torch.fx as fx
@@ -32,6 +33,8 @@ from qpass.state import get_state
 
 log = logging.getLogger(__name__)
 aten = torch.ops.aten
+Activation = fx.Node | tuple[fx.Node, fx.Node]  # one dequantized activation, or (sink, rest)
+SLICE_END = 2**63 - 1  # aten.slice's "to the end"
 
 
 class _Builder:
@@ -40,7 +43,7 @@ class _Builder:
     def __init__(self, gm: fx.GraphModule,
                  recorded: dict[str, QuantizedWeight] | None = None) -> None:
         self.gm = gm
-        self.act_cache: dict[str, fx.Node] = {}
+        self.act_cache: dict[str, Activation] = {}
         self.recorded = recorded or {}  # node name -> integers a pass chose (GPTQ)
 
     def buffer(self, name: str, t: torch.Tensor) -> fx.Node:
@@ -59,9 +62,10 @@ class _Builder:
         return node
 
     def static_activation(self, x: fx.Node, spec: QuantSpec, site: fx.Node,
-                          keep: torch.Tensor | None = None) -> fx.Node:
+                          keep: torch.Tensor | None = None) -> Activation:
         """x is an observer node: one Q/DQ pair per observer, shared by its consumers.
-        ``keep`` (an LLM.int8() static split's column mask) quantizes x * keep instead."""
+        ``keep`` (an LLM.int8() static split's column mask) quantizes x * keep instead.
+        A spec with sink tokens gives two dequantized slices, (sink, rest), along axis -2."""
         key = str(x.target)
         if key not in self.act_cache:
             observer = self.gm.get_submodule(key).observer
@@ -71,15 +75,37 @@ class _Builder:
                     k = self.buffer(f"{key}_outlier_keep", keep)
                 with self.gm.graph.inserting_after(k):
                     x = self.call(aten.mul.Tensor, (x, k), site)
-            with self.gm.graph.inserting_after(x):
-                s = self.buffer(f"{key}_scale", scale)
-            with self.gm.graph.inserting_after(s):
-                z = self.buffer(f"{key}_zero_point", zp)
-            with self.gm.graph.inserting_after(z):
-                q = self.call(ops.QUANTIZE, (x, s, z, -1, spec.format), site)
-            with self.gm.graph.inserting_after(q):
-                self.act_cache[key] = self.call(ops.DEQUANTIZE, (q, s, z, -1, spec.format), site)
+            if not spec.sink_tokens:
+                self.act_cache[key] = self._qdq(x, x, f"{key}_", scale, zp, spec, site)
+            else:
+                n = spec.sink_tokens
+                with self.gm.graph.inserting_after(x):
+                    head = self.call(aten.slice.Tensor, (x, -2, 0, n), site)
+                with self.gm.graph.inserting_after(head):
+                    tail = self.call(aten.slice.Tensor, (x, -2, n, SLICE_END), site)
+                tail_dq = self._qdq(tail, tail, f"{key}_", scale[1], zp[1], spec, site)
+                head_dq = self._qdq(head, tail_dq, f"{key}_sink_", scale[0], zp[0], spec, site)
+                self.act_cache[key] = (head_dq, tail_dq)
         return self.act_cache[key]
+
+    def _qdq(self, x: fx.Node, after: fx.Node, prefix: str, scale: torch.Tensor,
+             zp: torch.Tensor, spec: QuantSpec, site: fx.Node) -> fx.Node:
+        """dequantize(quantize(x)) with constant per-tensor qparams, inserted after ``after``."""
+        with self.gm.graph.inserting_after(after):
+            s = self.buffer(f"{prefix}scale", scale)
+        with self.gm.graph.inserting_after(s):
+            z = self.buffer(f"{prefix}zero_point", zp)
+        with self.gm.graph.inserting_after(z):
+            q = self.call(ops.QUANTIZE, (x, s, z, -1, spec.format), site)
+        with self.gm.graph.inserting_after(q):
+            return self.call(ops.DEQUANTIZE, (q, s, z, -1, spec.format), site)
+
+    def per_part(self, x: Activation, make: Callable[[fx.Node], fx.Node],
+                 site: fx.Node) -> fx.Node:
+        """``make(x)``; for (sink, rest) slices, both made and concatenated along axis -2."""
+        if isinstance(x, fx.Node):
+            return make(x)
+        return self.call(aten.cat.default, ([make(x[0]), make(x[1])], -2), site)
 
     def dynamic_activation(self, x: fx.Node, spec: QuantSpec, site: fx.Node) -> fx.Node:
         qp = self.call(ops.CHOOSE_QPARAMS_PER_TOKEN, (x, spec.format, spec.symmetric), site)
@@ -107,19 +133,24 @@ def _rewrite_site(b: _Builder, node: fx.Node, prec: LayerPrecision, fqn: str) ->
         ws = b.buffer(f"{fqn or node.name}.weight_scale", qw.scale)
         wz = b.buffer(f"{fqn or node.name}.weight_zero_point", qw.zero_point)
         w = b.call(ops.DEQUANTIZE, (wq, ws, wz, qw.axis, qw.format), node)  # [K, N]
-        args = list(node.args)
-        args[op.activation_arg] = x
-        if node.target is aten.linear.default:
-            y = b.call(aten.matmul.default, (x, w), node)
-            if len(args) > 2 and args[2] is not None:
-                y = b.call(aten.add.Tensor, (y, args[2]), node)
-        else:
-            args[op.weight_arg] = w
-            y = b.call(node.target, tuple(args), node)
+        y = b.per_part(x, lambda part: _weighted_op(b, node, op, part, w), node)
     y.meta.update({k: v for k, v in node.meta.items() if k not in y.meta})
     node.replace_all_uses_with(y)
     graph.erase_node(node)
     return str(w_node.target)
+
+
+def _weighted_op(b: _Builder, node: fx.Node, op, x: fx.Node, w: fx.Node) -> fx.Node:
+    """``node``'s op on activation ``x`` and the dequantized weight ``w`` [K, N]."""
+    args = list(node.args)
+    if node.target is aten.linear.default:
+        y = b.call(aten.matmul.default, (x, w), node)
+        if len(args) > 2 and args[2] is not None:
+            y = b.call(aten.add.Tensor, (y, args[2]), node)
+        return y
+    args[op.activation_arg] = x
+    args[op.weight_arg] = w
+    return b.call(node.target, tuple(args), node)
 
 
 def _site_weight(b: _Builder, node: fx.Node, weight: torch.Tensor,

@@ -95,6 +95,7 @@ def _static_split(b: _Builder, x: fx.Node, weight: torch.Tensor, prec: LayerPrec
     qw = _quantize(w_in, prec, node)
     if prec.activation is not None and not prec.activation.dynamic:  # x: its observer
         x_in = b.static_activation(x, prec.activation, node, keep=keep if len(cols) else None)
+        assert isinstance(x_in, fx.Node)  # LayerPrecision forbids sink tokens with a split
         y, _ = _times_weight(b, x_in, qw, name, node)
     else:
         x_in = b.call(aten.mul.Tensor, (x, b.buffer(f"{name}.outlier_keep", keep)), node)

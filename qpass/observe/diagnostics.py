@@ -30,6 +30,7 @@ from qpass.numerics import (
     quantize,
 )
 from qpass.observe.observer import Observer
+from qpass.observe.sink import row_qparams
 
 
 @dataclass(frozen=True)
@@ -51,9 +52,11 @@ def format_levels(name: str) -> torch.Tensor:
 
 
 def expand_qparam(t: torch.Tensor, x: torch.Tensor, spec: QuantSpec) -> torch.Tensor:
-    """Shape observer qparams (0-d, per channel [C], per group [..., K/g]) to broadcast
-    against ``x``."""
+    """Shape observer qparams (0-d, per channel [C], per group [..., K/g], a sink-token spec's
+    (sink, rest) pair [2]) to broadcast against ``x``."""
     g = spec.granularity
+    if spec.sink_tokens and t.dim() == 1:  # (sink, rest) pairs: one per row of x
+        return row_qparams(t, x, spec.sink_tokens)
     if isinstance(g, PerChannel) and t.dim() == 1:
         return broadcast_qparams(t, x.dim(), g.axis)
     if isinstance(g, PerGroup) and t.dim() == x.dim():

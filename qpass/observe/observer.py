@@ -79,4 +79,11 @@ def shape_qparams(t: torch.Tensor, x_shape: torch.Size, spec: QuantSpec) -> torc
 
 
 def make_observer(spec: QuantSpec) -> Observer:
+    """The registered observer ``spec.observer`` (a ``SinkObserver`` of two of them for a
+    spec with sink tokens)."""
+    if spec.sink_tokens:
+        from qpass.observe.sink import SinkObserver
+
+        OBSERVERS.get(spec.observer)  # an unknown name fails here, listing the known ones
+        return SinkObserver(spec)
     return OBSERVERS.get(spec.observer)(spec)

@@ -14,6 +14,7 @@ from qpass.config import LayerPrecision, QuantSpec
 from qpass.convert.outliers import outlier_mask
 from qpass.convert.weights import quantize_weight
 from qpass.observe import make_observer
+from qpass.observe.sink import fake_quantize_static
 
 
 def fake_quant_activation(x: torch.Tensor, spec: QuantSpec | None) -> torch.Tensor:
@@ -25,7 +26,7 @@ def fake_quant_activation(x: torch.Tensor, spec: QuantSpec | None) -> torch.Tens
     else:
         observer = make_observer(spec)
         observer.update(x)
-        scale, zp = observer.qparams()
+        return fake_quantize_static(x.float(), *observer.qparams(), spec)
     return numerics.fake_quantize(x.float(), scale, zp, spec.fmt)
 
 

@@ -23,6 +23,7 @@ from qpass import numerics
 from qpass.config import LayerPrecision, QuantSpec
 from qpass.convert.weights import quantize_weight
 from qpass.observe.module import ObserverModule
+from qpass.observe.sink import fake_quantize_static
 from qpass.quantizable import Site, canonical_weight, find_sites
 from qpass.state import get_state
 
@@ -108,8 +109,9 @@ def fake_quant_activation(gm: fx.GraphModule, site: Site, x: torch.Tensor,
     if spec is None:
         return x.float()
     qp = static_qparams(gm, site, spec)
-    if qp is None:
-        qp = numerics.dynamic_qparams_per_token(x.float(), spec.fmt, spec.symmetric)
+    if qp is not None:
+        return fake_quantize_static(x.float(), qp[0], qp[1], spec)
+    qp = numerics.dynamic_qparams_per_token(x.float(), spec.fmt, spec.symmetric)
     return numerics.fake_quantize(x.float(), qp[0], qp[1], spec.fmt)
 
 

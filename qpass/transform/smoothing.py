@@ -12,6 +12,8 @@ diag(s) into every consumer's weight columns.
 
 from __future__ import annotations
 
+import dataclasses
+
 import torch
 import torch.fx as fx
 
@@ -51,6 +53,8 @@ def _fake_quant_activation(x: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor,
     spec = prec.activation
     if spec is None:
         return x
+    if spec.sink_tokens:  # the sampled rows and ranges already leave the sink tokens out
+        spec = dataclasses.replace(spec, sink_tokens=0)
     if spec.dynamic:
         scale, zp = numerics.dynamic_qparams_per_token(x, spec.fmt, spec.symmetric)
     elif spec.observer == "minmax":  # exactly the range MinMax sees on all smoothed data
