@@ -31,14 +31,16 @@ from qpass.recipes import RECIPES, resolve_recipe
 from qpass.transform.awq import AWQ
 from qpass.transform.embeddings import QuantizeEmbeddings
 from qpass.transform.gptq import GPTQ
+from qpass.transform.hadamard import HadamardRotate
 from qpass.transform.smoothquant import SmoothQuant
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "AWQ", "GPTQ", "RECIPES", "CalibrationDataError", "CaptureError", "LayerPrecision",
-    "NonFiniteActivationError", "PerChannel", "PerGroup", "PerTensor", "PerToken", "QuantSpec",
-    "QuantizeEmbeddings", "Recipe", "SmoothQuant", "calibrate", "capture", "convert", "lower",
+    "AWQ", "GPTQ", "RECIPES", "CalibrationDataError", "CaptureError", "HadamardRotate",
+    "LayerPrecision", "NonFiniteActivationError", "PerChannel", "PerGroup", "PerTensor",
+    "PerToken", "QuantSpec", "QuantizeEmbeddings", "Recipe", "SmoothQuant", "calibrate",
+    "capture", "convert", "lower",
     "precision_report", "prepare", "quantize", "resolve_recipe", "__version__",
 ]
 

@@ -20,8 +20,10 @@ disjoint part of the Wikipedia text). Rows (``--rows`` picks some):
 - ``w8a8_static_llm_int8``: the same without SmoothQuant, which would move the outliers out of
   the columns the split looks for.
 
-``--sink-tokens N`` gives the first N tokens of every window their own static activation
-scale in the static rows without a split (``QuantSpec.sink_tokens``).
+``--hadamard BLOCK`` rotates every ``down_proj`` input (``HadamardRotate``, after SmoothQuant)
+in the rows without an LLM.int8() split. ``--sink-tokens N`` gives the first N tokens of every
+window their own static activation scale in the static rows without a split
+(``QuantSpec.sink_tokens``).
 
 The float weight fraction counts float sites and the outlier columns' weights.
 """
@@ -48,6 +50,7 @@ from qpass.eval.parity import compare
 from qpass.policies import LlmInt8, Sensitivity
 from qpass.policies.simulate import simulated_matmul
 from qpass.quantizable import canonical_weight, find_sites
+from qpass.transform.hadamard import HadamardRotate
 from qpass.transform.smoothquant import SmoothQuant
 
 log = logging.getLogger("qpass.bench_policies")
@@ -87,6 +90,9 @@ def _args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--sink-tokens", type=int, default=0,
                    help="give the first N tokens of every window their own static activation "
                         "scale (w8a8_static, _sensitivity and _smoothquant rows)")
+    p.add_argument("--hadamard", type=int, default=0, metavar="BLOCK",
+                   help="rotate every down_proj input with Hadamard blocks of BLOCK (after "
+                        "SmoothQuant; rows without an LLM.int8() split)")
     p.add_argument("--onnx", action="store_true",
                    help="export the llm_int8 and smoothquant rows, run them in ONNX Runtime")
     p.add_argument("--validate", type=int, default=0, metavar="N")
@@ -96,6 +102,8 @@ def _args(argv: list[str] | None) -> argparse.Namespace:
 
 def _recipe(name: str, a: argparse.Namespace) -> qpass.Recipe:
     recipe = _base_recipe(name, a)
+    if a.hadamard and "llm_int8" not in name:
+        recipe = recipe.replace(passes=(*recipe.passes, HadamardRotate(block=a.hadamard)))
     act = recipe.precision.activation
     if not a.sink_tokens or name.endswith("llm_int8") or act is None or act.dynamic:
         return recipe

@@ -90,3 +90,20 @@ def _(x: Tensor, w_q: Tensor, w_scale: Tensor, w_zero_point: Tensor, w_axis: int
 
 
 DYNAMIC_QUANT_MATMUL = torch.ops.qpass.dynamic_quant_matmul.default
+
+
+@torch.library.custom_op("qpass::block_rotate", mutates_args=())
+def block_rotate(x: Tensor, h: Tensor) -> Tensor:
+    """x [..., K] times the block-diagonal matrix with blocks ``h`` [b, b] (b divides K): each
+    run of b consecutive features is multiplied by h. Its own op, not a matmul with a constant
+    weight, so that qpass never takes the rotation for a layer to quantize."""
+    b = h.shape[0]
+    return (x.reshape(-1, b) @ h.to(x.dtype)).reshape(x.shape)
+
+
+@block_rotate.register_fake
+def _(x: Tensor, h: Tensor) -> Tensor:
+    return torch.empty_like(x)
+
+
+BLOCK_ROTATE = torch.ops.qpass.block_rotate.default

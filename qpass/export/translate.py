@@ -156,7 +156,15 @@ def dynamic_quant_matmul(x, w_q, w_scale, w_zero_point, w_axis: int, format: str
     return op.Reshape(op.Mul(acc, scale), out_shape)
 
 
+def block_rotate(x, h):
+    """[..., K] viewed as [rows, b], times h [b, b], viewed back: one MatMul."""
+    blocks = op.Reshape(x, op.Concat(op.Constant(value_ints=[-1]), op.Shape(h, start=-1),
+                                     axis=0))
+    return op.Reshape(op.MatMul(blocks, h), op.Shape(x))
+
+
 TRANSLATIONS = {
+    ops.BLOCK_ROTATE: block_rotate,
     ops.DYNAMIC_QUANT_MATMUL: dynamic_quant_matmul,
     ops.QUANTIZE: quantize,
     ops.DEQUANTIZE: dequantize,
