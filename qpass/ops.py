@@ -106,4 +106,14 @@ def _(x: Tensor, h: Tensor) -> Tensor:
     return torch.empty_like(x)
 
 
+def _block_rotate_setup(ctx, inputs, output) -> None:
+    ctx.save_for_backward(inputs[1])
+
+
+def _block_rotate_backward(ctx, grad: Tensor) -> tuple[Tensor, None]:
+    (h,) = ctx.saved_tensors
+    return block_rotate(grad, h.T.contiguous()), None  # d(x H)/dx: the gradient times Hᵀ
+
+
+block_rotate.register_autograd(_block_rotate_backward, setup_context=_block_rotate_setup)
 BLOCK_ROTATE = torch.ops.qpass.block_rotate.default

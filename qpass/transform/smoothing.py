@@ -53,7 +53,7 @@ def _fake_quant_activation(x: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor,
     spec = prec.activation
     if spec is None:
         return x
-    if spec.sink_tokens:  # the sampled rows and ranges already leave the sink tokens out
+    if spec.sink_tokens:  # sampled rows have no positions: the search sees one range
         spec = dataclasses.replace(spec, sink_tokens=0)
     if spec.dynamic:
         scale, zp = numerics.dynamic_qparams_per_token(x, spec.fmt, spec.symmetric)

@@ -5,12 +5,14 @@ For each scale group (linears sharing one input, see ``groups``) the per-channel
 weights. Unlike the reference implementation, which smooths only norm -> linear groups, qpass
 also folds into producing linears through per-channel-linear ops (v_proj -> attention ->
 o_proj, up_proj -> act(gate) * up -> down_proj), where Llama-style models keep their worst
-outliers. With sink tokens in the recipe's activation spec, the statistics leave those
-positions out: they have a scale of their own, so smoothing serves the other tokens' range.
-``alpha`` is one global value, or ``None`` to search it per group on calibration
-data over ``grid``, minimizing the group's output error after quantization (the unsmoothed
-group is a candidate too). The float function is kept exactly (up to rounding); activation
-ranges are observed afterwards, on the smoothed graph.
+outliers. The statistics include the sink tokens even when static activations give them a
+scale of their own (``QuantSpec.sink_tokens``): smoothing for the other tokens alone divides a
+column the sink token carries at |x| ~ 3000 by ~0.01, which multiplies it there (to 222,700 on
+SmolLM2's layer 28) and its weight's rounding error with it. ``alpha`` is one global value,
+or ``None`` to search it per group on calibration data over ``grid``, minimizing the group's
+output error after quantization (the unsmoothed group is a candidate too). The float function
+is kept exactly (up to rounding); activation ranges are observed afterwards, on the smoothed
+graph.
 """
 
 from __future__ import annotations
@@ -73,10 +75,8 @@ class SmoothQuant(Pass):
         groups = find_scale_groups(gm, sites, all_sites)
         todo = [g for g in groups if g.fold is not None or self.explicit_multiply]
         rows = self.sample_rows if self.alpha is None else 0
-        act = recipe.precision.activation
         stats = collect_channel_stats(gm, [g.activation for g in todo], ctx.batches, rows,
-                                      ctx.progress, "qpass smoothquant stats",
-                                      skip_tokens=act.sink_tokens if act else 0)
+                                      ctx.progress, "qpass smoothquant stats")
         report = [_skipped(g) for g in groups if g not in todo]
         for g in tqdm(todo, desc="qpass smoothquant", disable=not ctx.progress, unit="group"):
             report.append(self._smooth(gm, g, stats[g.activation.name], ctx))

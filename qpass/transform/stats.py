@@ -21,8 +21,6 @@ import torch
 import torch.fx as fx
 from tqdm.auto import tqdm
 
-from qpass.observe.sink import split_sink
-
 
 @dataclass
 class ChannelStats:
@@ -80,31 +78,25 @@ def _stratified(x2: torch.Tensor, take: int, gen: torch.Generator
 
 
 class _Recorder(fx.Interpreter):
-    def __init__(self, gm: fx.GraphModule, stats: dict[str, ChannelStats], take: int,
-                 skip_tokens: int) -> None:
+    def __init__(self, gm: fx.GraphModule, stats: dict[str, ChannelStats], take: int) -> None:
         super().__init__(gm)
-        self.stats, self.take, self.skip = stats, take, skip_tokens
+        self.stats, self.take = stats, take
         self.gen = torch.Generator().manual_seed(0)
 
     def run_node(self, n: fx.Node) -> Any:
         out = super().run_node(n)
         if n.name in self.stats:
-            x = split_sink(out, self.skip)[1] if self.skip else out
-            if x.numel():
-                self.stats[n.name].update(x, self.take, self.gen, n.name)
+            self.stats[n.name].update(out, self.take, self.gen, n.name)
         return out
 
 
 def collect_channel_stats(gm: fx.GraphModule, nodes: list[fx.Node], batches: list[tuple],
                           rows: int = 512, progress: bool = True,
-                          desc: str = "qpass channel stats",
-                          skip_tokens: int = 0) -> dict[str, ChannelStats]:
-    """Run ``batches`` through ``gm`` and return the statistics of ``nodes`` by node name.
-    ``skip_tokens``: leave out the first positions of every sequence (axis -2), the sink
-    tokens that static activations quantize with a scale of their own."""
+                          desc: str = "qpass channel stats") -> dict[str, ChannelStats]:
+    """Run ``batches`` through ``gm`` and return the statistics of ``nodes`` by node name."""
     stats = {n.name: ChannelStats() for n in nodes}
     take = math.ceil(rows / max(len(batches), 1)) if rows else 0
-    recorder = _Recorder(gm, stats, take, skip_tokens)
+    recorder = _Recorder(gm, stats, take)
     with torch.no_grad():
         for batch in tqdm(batches, desc=desc, disable=not progress, unit="batch"):
             recorder.run(*batch)

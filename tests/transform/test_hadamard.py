@@ -127,3 +127,14 @@ def test_fold_is_exact_after_smoothquant_on_a_llama():
 def test_recipe_with_the_rotation_round_trips():
     recipe = _recipe(qpass.SmoothQuant(0.8), qpass.HadamardRotate(("*mlp.down_proj",), 64))
     assert qpass.Recipe.from_dict(recipe.to_dict()) == recipe
+
+
+def test_block_rotate_has_the_gradient_of_its_matmul():
+    # the sensitivity policy backpropagates through rotated graphs
+    from qpass.ops import block_rotate
+
+    x = torch.randn(3, 5, 32, dtype=torch.float64, requires_grad=True)
+    h = torch.randn(8, 8, dtype=torch.float64)
+    torch.autograd.gradcheck(lambda t: block_rotate(t, h), (x,))
+    want = (x.detach().unflatten(-1, (4, 8)) @ h).flatten(-2)
+    torch.testing.assert_close(block_rotate(x, h), want)
