@@ -18,7 +18,10 @@ disjoint part of the Wikipedia text). Rows (``--rows`` picks some):
   SmoothQuant, with a static LLM.int8() split (``--threshold``; the int8 part's range is
   calibrated without the outlier columns) and the sensitivity policy within ``--split-budget``;
 - ``w8a8_static_llm_int8``: the same without SmoothQuant, which would move the outliers out of
-  the columns the split looks for.
+  the columns the split looks for;
+- ``w8a8_static_rotated``: the built-in recipe as it is (static per-tensor int8 with a sink
+  token scale, SmoothQuant alpha 0.5, Hadamard-rotated ``down_proj`` inputs); the options
+  below do not change it.
 
 ``--hadamard BLOCK`` rotates every ``down_proj`` input (``HadamardRotate``, after SmoothQuant)
 in the rows without an LLM.int8() split. ``--sink-tokens N`` gives the first N tokens of every
@@ -56,10 +59,11 @@ from qpass.transform.smoothquant import SmoothQuant
 log = logging.getLogger("qpass.bench_policies")
 ROWS = ("fp32", "w8a8_dynamic", "llm_int8_static", "llm_int8_dynamic", "w8a8_static",
         "w8a8_static_sensitivity", "w8a8_dynamic_smoothquant", "w8a8_static_smoothquant",
-        "w8a8_static_smoothquant_llm_int8", "w8a8_static_llm_int8")
+        "w8a8_static_smoothquant_llm_int8", "w8a8_static_llm_int8", "w8a8_static_rotated")
 ONNX_ROWS = ("llm_int8_static", "llm_int8_dynamic", "w8a8_dynamic_smoothquant",
              "w8a8_static_smoothquant", "w8a8_static_smoothquant_llm_int8",
-             "w8a8_static_llm_int8")  # with --onnx
+             "w8a8_static_llm_int8", "w8a8_static_rotated")  # with --onnx
+PRESETS = ("w8a8_static_rotated",)  # built-in recipes as they are: no option changes them
 
 
 @dataclass
@@ -101,6 +105,8 @@ def _args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def _recipe(name: str, a: argparse.Namespace) -> qpass.Recipe:
+    if name in PRESETS:
+        return qpass.resolve_recipe(name)
     recipe = _base_recipe(name, a)
     if a.hadamard and "llm_int8" not in name:
         recipe = recipe.replace(passes=(*recipe.passes, HadamardRotate(block=a.hadamard)))

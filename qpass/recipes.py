@@ -16,6 +16,7 @@ from qpass.config import (
 from qpass.policies.rules import Rule, Rules
 from qpass.registry import Registry
 from qpass.transform.embeddings import QuantizeEmbeddings
+from qpass.transform.hadamard import HadamardRotate
 from qpass.transform.smoothquant import SmoothQuant
 
 RECIPES: Registry[Recipe] = Registry("recipe", "qpass.recipes")
@@ -49,6 +50,19 @@ RECIPES.add("w8a8_dynamic_smoothquant", RECIPES.get("w8a8_dynamic").replace(
     name="w8a8_dynamic_smoothquant", passes=(SmoothQuant(alpha=None),),
     description="w8a8_dynamic after SmoothQuant with its migration strength alpha searched "
                 "per scale group on the calibration data"))
+
+RECIPES.add("w8a8_static_rotated", Recipe(
+    "w8a8_static_rotated",
+    LayerPrecision(
+        weight=INT8_WEIGHT,
+        activation=QuantSpec("int8", symmetric=True, granularity=PerTensor(), observer="minmax",
+                             sink_tokens=1),
+        reason="recipe w8a8_static_rotated"),
+    passes=(SmoothQuant(alpha=0.5), HadamardRotate()),
+    description="int8 weights per output channel; int8 activations per tensor, MinMax-calibrated "
+                "(static), the first token of every sequence with a scale of its own; after "
+                "SmoothQuant (alpha 0.5) and a Hadamard rotation (blocks of 128) of every "
+                "down_proj input"))
 
 
 RECIPES.add("w4a16_g128", Recipe(

@@ -138,3 +138,19 @@ def test_block_rotate_has_the_gradient_of_its_matmul():
     torch.autograd.gradcheck(lambda t: block_rotate(t, h), (x,))
     want = (x.detach().unflatten(-1, (4, 8)) @ h).flatten(-2)
     torch.testing.assert_close(block_rotate(x, h), want)
+
+
+def test_the_rotated_static_preset_beats_plain_static_on_a_llama():
+    pytest.importorskip("transformers")
+    from tests.transform.test_smoothquant import _batches, _error
+    from tests.transform.toy_models import tiny_llama
+
+    model, batches, held = tiny_llama(outlier=60.0), _batches(), _batches(3, seed=9)
+    rotated = qpass.resolve_recipe("w8a8_static_rotated")
+    prepared = qpass.prepare(model, rotated, batches[0], calib_data=batches, progress=False)
+    sites = prepared.meta["qpass"].reports["passes"]["hadamard"]["sites"]
+    assert [s["fqn"] for s in sites if s["rotated"]] == [
+        f"model.model.layers.{i}.mlp.down_proj" for i in range(2)]
+    e_rotated = _error(rotated, model, batches, held)
+    e_static = _error(qpass.resolve_recipe("w8a8_static"), model, batches, held)
+    assert e_rotated < 0.5 * e_static, (e_rotated, e_static)
