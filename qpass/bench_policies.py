@@ -26,7 +26,8 @@ disjoint part of the Wikipedia text). Rows (``--rows`` picks some):
 ``--hadamard BLOCK`` rotates every ``down_proj`` input (``HadamardRotate``, after SmoothQuant)
 in the rows without an LLM.int8() split. ``--sink-tokens N`` gives the first N tokens of every
 window their own static activation scale in the static rows without a split
-(``QuantSpec.sink_tokens``).
+(``QuantSpec.sink_tokens``). ``--float-activations GLOB`` keeps the activations of the matching
+linears float (weights int8) in every row but the presets: where a row's loss comes from.
 
 The float weight fraction counts float sites and the outlier columns' weights.
 """
@@ -48,9 +49,11 @@ import qpass
 from qpass.bench import BENCH_MODELS
 from qpass.bench_observers import observer_recipe
 from qpass.bench_setup import add_protocol_args, bench_parser, bench_setup
+from qpass.config import LayerPrecision
 from qpass.eval import perplexity
 from qpass.eval.parity import compare
 from qpass.policies import LlmInt8, Sensitivity
+from qpass.policies.rules import Rule, Rules
 from qpass.policies.simulate import simulated_matmul
 from qpass.quantizable import canonical_weight, find_sites
 from qpass.transform.hadamard import HadamardRotate
@@ -97,6 +100,9 @@ def _args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--hadamard", type=int, default=0, metavar="BLOCK",
                    help="rotate every down_proj input with Hadamard blocks of BLOCK (after "
                         "SmoothQuant; rows without an LLM.int8() split)")
+    p.add_argument("--float-activations", metavar="GLOB",
+                   help="keep the activations of the linears matching GLOB float (weights "
+                        "int8), e.g. '*.mlp.down_proj': where a row's loss comes from")
     p.add_argument("--onnx", action="store_true",
                    help="export the llm_int8 and smoothquant rows, run them in ONNX Runtime")
     p.add_argument("--validate", type=int, default=0, metavar="N")
@@ -110,6 +116,10 @@ def _recipe(name: str, a: argparse.Namespace) -> qpass.Recipe:
     recipe = _base_recipe(name, a)
     if a.hadamard and "llm_int8" not in name:
         recipe = recipe.replace(passes=(*recipe.passes, HadamardRotate(block=a.hadamard)))
+    if a.float_activations:  # weights int8, activations float for the matching linears
+        w_only = LayerPrecision(recipe.precision.weight, reason="--float-activations")
+        rule = Rules((Rule(a.float_activations, w_only, name="--float-activations"),))
+        recipe = recipe.replace(policies=(*recipe.policies, rule))
     act = recipe.precision.activation
     if not a.sink_tokens or name.endswith("llm_int8") or act is None or act.dynamic:
         return recipe

@@ -1,0 +1,23 @@
+"""bench_policies' row options build the recipes its README rows say."""
+
+import qpass
+from qpass.bench_policies import _args, _recipe
+from qpass.policies.rules import Rules
+from qpass.transform.hadamard import HadamardRotate
+
+
+def test_static_row_options_set_the_sink_the_rotation_and_float_activations():
+    a = _args(["smollm2", "--observer", "minmax", "--alpha", "0.5", "--budget", "0",
+               "--sink-tokens", "1", "--hadamard", "128",
+               "--float-activations", "*.mlp.down_proj"])
+    r = _recipe("w8a8_static_smoothquant", a)
+    assert r.precision.activation.sink_tokens == 1
+    assert r.precision.activation.observer == "minmax"
+    assert [type(p).__name__ for p in r.passes] == ["SmoothQuant", "HadamardRotate"]
+    assert r.passes[0].alpha == 0.5 and r.passes[1] == HadamardRotate(block=128)
+    rule = next(p for p in r.policies if isinstance(p, Rules)).rules[0]
+    assert rule.fqn == "*.mlp.down_proj" and rule.precision.activation is None
+    assert rule.precision.weight == r.precision.weight
+    # dynamic rows keep per-token activations; presets are the built-in recipe as it is
+    assert _recipe("w8a8_dynamic", a).precision.activation.sink_tokens == 0
+    assert _recipe("w8a8_static_rotated", a) == qpass.resolve_recipe("w8a8_static_rotated")
