@@ -23,11 +23,12 @@ disjoint part of the Wikipedia text). Rows (``--rows`` picks some):
   token scale, SmoothQuant alpha 0.5, Hadamard-rotated ``down_proj`` inputs); the options
   below do not change it.
 
-``--hadamard BLOCK`` rotates every ``down_proj`` input (``HadamardRotate``, after SmoothQuant)
-in the rows without an LLM.int8() split. ``--sink-tokens N`` gives the first N tokens of every
-window their own static activation scale in the static rows without a split
-(``QuantSpec.sink_tokens``). ``--float-activations GLOB`` keeps the activations of the matching
-linears float (weights int8) in every row but the presets: where a row's loss comes from.
+``--hadamard BLOCK`` rotates every ``down_proj`` input (``HadamardRotate``, after SmoothQuant;
+an LLM.int8() split then looks for its columns in the rotated inputs). ``--sink-tokens N``
+gives the first N tokens of every window their own static activation scale in the static rows
+without a split (``QuantSpec.sink_tokens``). ``--float-activations GLOB`` keeps the
+activations of the matching linears float (weights int8) in every row but the presets: where a
+row's loss comes from.
 
 The float weight fraction counts float sites and the outlier columns' weights.
 """
@@ -99,7 +100,7 @@ def _args(argv: list[str] | None) -> argparse.Namespace:
                         "scale (w8a8_static, _sensitivity and _smoothquant rows)")
     p.add_argument("--hadamard", type=int, default=0, metavar="BLOCK",
                    help="rotate every down_proj input with Hadamard blocks of BLOCK (after "
-                        "SmoothQuant; rows without an LLM.int8() split)")
+                        "SmoothQuant; LLM.int8() then looks for outlier columns after it)")
     p.add_argument("--float-activations", metavar="GLOB",
                    help="keep the activations of the linears matching GLOB float (weights "
                         "int8), e.g. '*.mlp.down_proj': where a row's loss comes from")
@@ -114,7 +115,7 @@ def _recipe(name: str, a: argparse.Namespace) -> qpass.Recipe:
     if name in PRESETS:
         return qpass.resolve_recipe(name)
     recipe = _base_recipe(name, a)
-    if a.hadamard and "llm_int8" not in name:
+    if a.hadamard:
         recipe = recipe.replace(passes=(*recipe.passes, HadamardRotate(block=a.hadamard)))
     if a.float_activations:  # weights int8, activations float for the matching linears
         w_only = LayerPrecision(recipe.precision.weight, reason="--float-activations")

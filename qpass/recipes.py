@@ -51,6 +51,11 @@ RECIPES.add("w8a8_dynamic_smoothquant", RECIPES.get("w8a8_dynamic").replace(
     description="w8a8_dynamic after SmoothQuant with its migration strength alpha searched "
                 "per scale group on the calibration data"))
 
+RECIPES.add("w8a8_dynamic_rotated", RECIPES.get("w8a8_dynamic_smoothquant").replace(
+    name="w8a8_dynamic_rotated", passes=(SmoothQuant(alpha=None), HadamardRotate()),
+    description="w8a8_dynamic_smoothquant, then a Hadamard rotation (blocks of 128) of every "
+                "down_proj input"))
+
 RECIPES.add("w8a8_static_rotated", Recipe(
     "w8a8_static_rotated",
     LayerPrecision(

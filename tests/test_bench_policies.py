@@ -21,3 +21,12 @@ def test_static_row_options_set_the_sink_the_rotation_and_float_activations():
     # dynamic rows keep per-token activations; presets are the built-in recipe as it is
     assert _recipe("w8a8_dynamic", a).precision.activation.sink_tokens == 0
     assert _recipe("w8a8_static_rotated", a) == qpass.resolve_recipe("w8a8_static_rotated")
+
+
+def test_the_rotated_dynamic_preset_is_the_smoothquant_row_with_hadamard():
+    # the README quotes w8a8_dynamic_rotated from `--rows w8a8_dynamic_smoothquant --hadamard 128`
+    a = _args(["smollm2", "--hadamard", "128"])
+    got = _recipe("w8a8_dynamic_smoothquant", a)
+    want = qpass.resolve_recipe("w8a8_dynamic_rotated")
+    assert got.passes == want.passes and got.precision == want.precision
+    assert got.policies == want.policies and got.keep_float == want.keep_float
