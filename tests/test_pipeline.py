@@ -122,7 +122,7 @@ def test_all_zero_weight_gives_a_finite_exact_result():
 # ---- bad input -----------------------------------------------------------------------------
 
 def test_unknown_recipe_lists_the_known_ones():
-    known = "w8a16, w8a8_dynamic, w8a8_dynamic_smoothquant, w8a8_static"
+    known = "w8a16, w8a8_dynamic, w8a8_dynamic_rotated, w8a8_dynamic_smoothquant, w8a8_static"
     with pytest.raises(KeyError, match=f"Known recipes: .*{known}"):
         qpass.prepare(tiny_lm(), "w8a8_statik", (token_batches(1)[0],))
 
