@@ -14,16 +14,20 @@ import torch
 
 from qpass import numerics
 from qpass.config import QuantSpec
-from qpass.observe.observer import OBSERVERS, Observer
+from qpass.observe.observer import Observer, make_observer
 
 
 def split_sink(x: torch.Tensor, n: int) -> tuple[torch.Tensor, torch.Tensor]:
     """(x[..., :n, :], x[..., n:, :]): the sink positions and the rest of an activation."""
+    _check_rows(x, n)
+    return x[..., :n, :], x[..., n:, :]
+
+
+def _check_rows(x: torch.Tensor, n: int) -> None:
     if x.dim() < 2:
         raise ValueError(
             f"sink_tokens={n} needs activations shaped [..., tokens, features]; got shape "
             f"{tuple(x.shape)}. Set sink_tokens=0 for this layer")
-    return x[..., :n, :], x[..., n:, :]
 
 
 class SinkObserver(Observer):
@@ -32,8 +36,7 @@ class SinkObserver(Observer):
     def __init__(self, spec: QuantSpec) -> None:
         super().__init__(spec)
         inner = dataclasses.replace(spec, sink_tokens=0)
-        self.sink = OBSERVERS.get(spec.observer)(inner)
-        self.rest = OBSERVERS.get(spec.observer)(inner)
+        self.sink, self.rest = make_observer(inner), make_observer(inner)
 
     def update(self, x: torch.Tensor) -> None:
         head, tail = split_sink(x, self.spec.sink_tokens)
@@ -80,6 +83,7 @@ class SinkObserver(Observer):
 
 def row_qparams(t: torch.Tensor, x: torch.Tensor, n: int) -> torch.Tensor:
     """A ``[2]`` (sink, rest) parameter as one value per row of ``x``: shape [..., T, 1]."""
+    _check_rows(x, n)
     rows = torch.arange(x.shape[-2], device=x.device) < n  # [T]
     shape = [1] * (x.dim() - 2) + [x.shape[-2], 1]
     return torch.where(rows, t[0], t[1]).reshape(shape)
@@ -90,6 +94,5 @@ def fake_quantize_static(x: torch.Tensor, scale: torch.Tensor, zero_point: torch
     """dequantize(quantize(x)) with a static activation's calibrated qparams (both pairs for a
     sink-token spec)."""
     if spec.sink_tokens:
-        split_sink(x, spec.sink_tokens)  # checks the shape
         scale, zero_point = (row_qparams(t, x, spec.sink_tokens) for t in (scale, zero_point))
     return numerics.fake_quantize(x, scale, zero_point, spec.fmt)
