@@ -163,7 +163,9 @@ def collect(prepared: fx.GraphModule, inputs: tuple[torch.Tensor, ...],
             if prec.outlier_threshold is None:
                 rows = _rows(x)
                 w_dq = tap_w_dq(w, prec)
-                local = fake_quant_activation(prepared, site, rows, prec.activation) @ w_dq
+                # quantized before sampling: a sink-token spec knows its rows by position
+                xq = fake_quant_activation(prepared, site, x.detach(), prec.activation)
+                local = _rows(xq) @ w_dq
                 stats.local_sqnr = sqnr_db(rows @ w.detach().float().T, local)
         report.sites.append(stats)
 

@@ -78,3 +78,27 @@ def test_report_degrades_without_the_policies_report(monkeypatch):
     rows = precision_rows(prepared)
     assert rows["linear"]["precision"].startswith("W int8 per_channel")
     assert rows["linear_2"]["precision"] == "float"
+
+
+def test_local_sqnr_of_a_sink_token_spec_uses_each_sequence_first_token_scale():
+    from qpass.config import LayerPrecision, QuantSpec, Recipe
+    from qpass.recipes import INT8_WEIGHT
+
+    recipe = Recipe("sink", LayerPrecision(INT8_WEIGHT, QuantSpec("int8", sink_tokens=1)))
+    batches = token_batches(4)
+    prepared = qpass.prepare(tiny_lm(), recipe, batches[0], calib_data=batches, progress=False)
+    qpass.calibrate(prepared, batches, progress=False)
+    x = token_batches(1, seed=9)[0]  # [2, 8]: two sequences, two sink tokens
+    up = next(s for s in collect(prepared, (x,)).sites if s.fqn == "up")
+    observer = next(m.observer for m in prepared.modules() if hasattr(m, "observer")
+                    and "up" in m.consumers)
+    scale, _ = observer.qparams()
+    h = torch.nn.functional.embedding(x, prepared.embed.weight.detach()).double()  # [2, 8, 32]
+    s = torch.where(torch.arange(8) < 1, scale[0], scale[1]).double()[None, :, None]
+    h_dq = (torch.round(h / s).clamp(-128, 127) * s).reshape(-1, 32)
+    w = prepared.up.weight.detach().double()
+    amax_w = w.abs().amax(1, keepdim=True)
+    w_dq = torch.round(w / (amax_w / 127)).clamp(-128, 127) * (amax_w / 127)
+    ref, test = h.reshape(-1, 32) @ w.T, h_dq @ w_dq.T
+    expected = 10 * math.log10(float(ref.square().sum() / (ref - test).square().sum()))
+    assert up.local_sqnr == pytest.approx(expected, abs=0.05)
